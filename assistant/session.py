@@ -1,0 +1,144 @@
+"""A session: one live stream's perception, bounded memory and dialogue, feeding a shared reaction engine."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import torch
+from memory.archive import Archive, make_archive
+from memory.policies import make_policy
+from memory.store import MemoryEntry, VisualMemory
+
+from assistant.config import MemoryConfig, VigilConfig
+from assistant.events import PerceptionUpdate
+from assistant.models.base import VisionLanguageAdapter
+from assistant.perception import Perception
+from assistant.reaction import AddEntry, AnswerEvent, AnswerRequest, ReactionEngine
+from assistant.sources import Frame
+
+log = logging.getLogger(__name__)
+
+
+def build_archive(config: MemoryConfig) -> Archive | None:
+    """The configured long-term archive, or None."""
+    if config.archive == "none":
+        return None
+    kwargs: dict[str, object] = {"max_entries": config.archive_max_entries}
+    if config.archive == "disk":
+        kwargs["directory"] = config.archive_dir
+    elif config.archive == "redis":
+        kwargs["url"] = config.redis_url
+    return make_archive(config.archive, **kwargs)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionStats:
+    """Perception, memory and engine figures of a session."""
+
+    frames: int
+    steps: int
+    tokens_seen: int
+    tokens_kept: int
+    weighted_drop_ratio: float
+    memory_tokens: int
+    memory_entries: int
+    memory_budget: int
+    archived_entries: int
+
+
+class Session:
+    """Per-stream state: frames in, memory changes out to the engine, questions answered on the memory."""
+
+    def __init__(
+        self,
+        session_id: str,
+        config: VigilConfig,
+        adapter: VisionLanguageAdapter | None,
+        engine: ReactionEngine,
+        *,
+        archive: Archive | None = None,
+    ) -> None:
+        self.session_id = session_id
+        self.config = config
+        self.adapter = adapter
+        self.engine = engine
+        self.perception = Perception.from_config(config, adapter, need_embeddings=True)
+        self.archive = archive if archive is not None else build_archive(config.memory)
+        self.memory = VisualMemory(
+            config.memory.budget_tokens, make_policy(config.memory.policy), self.archive
+        )
+
+    async def start(self) -> None:
+        """Open the engine side of the session."""
+        await self.engine.open_session(self.session_id)
+
+    async def close(self) -> None:
+        await self.engine.close_session(self.session_id)
+
+    def ingest(self, frame: Frame) -> PerceptionUpdate | None:
+        """Process one sampled frame (blocking compute); memory changes are queued for the engine."""
+        update = self.perception.push(frame)
+        if update is not None:
+            self.remember(update)
+        return update
+
+    def flush(self) -> PerceptionUpdate | None:
+        """Process a partial last step at the end of a stream."""
+        update = self.perception.flush()
+        if update is not None:
+            self.remember(update)
+        return update
+
+    def remember(self, update: PerceptionUpdate) -> None:
+        """Store a step's kept tokens in the bounded memory and queue the changes for the engine."""
+        if update.num_kept == 0:
+            return
+        entry = MemoryEntry(
+            entry_id=-1,
+            chunk_index=update.step,
+            t_start=update.t_start,
+            t_end=update.t_end,
+            token_indices=update.kept_indices,
+            positions=update.positions,
+            embeddings=update.embeddings,
+            features=update.features,
+            round=self.memory.round,
+        )
+        ops = self.memory.add(entry)
+        self.engine.apply(self.session_id, [AddEntry(entry), *ops])
+
+    def recall(self, question: str) -> tuple[MemoryEntry, ...]:
+        """Archived entries most relevant to a question (empty without an archive or recall)."""
+        k = self.config.memory.recall
+        if not k or self.archive is None or len(self.archive) == 0 or self.adapter is None:
+            return ()
+        ids = torch.tensor(self.adapter.tokenizer(question, add_special_tokens=False).input_ids)
+        query = self.adapter.embed_text(ids).float().mean(0).cpu()  # [D]
+        found = []
+        for archived, _score in self.archive.search(query, k):
+            entry = self.archive.get(archived.entry_id)
+            if entry is not None and entry.embeddings is not None:
+                found.append(entry)
+        return tuple(sorted(found, key=lambda e: e.t_start))
+
+    def ask(self, question: str, t: float, **kwargs: object) -> AsyncIterator[AnswerEvent]:
+        """Stream the answer to a question asked at stream time ``t``."""
+        self.memory.begin_round()
+        request = AnswerRequest(question, t, recalled=self.recall(question), **kwargs)
+        return self.engine.answer(self.session_id, request)
+
+    def stats(self) -> SessionStats:
+        p, m = self.perception.stats, self.memory.stats
+        return SessionStats(
+            frames=p.frames,
+            steps=p.steps,
+            tokens_seen=p.tokens,
+            tokens_kept=p.kept,
+            weighted_drop_ratio=p.weighted_drop_ratio,
+            memory_tokens=m.tokens_held,
+            memory_entries=m.entries,
+            memory_budget=m.budget,
+            archived_entries=len(self.archive) if self.archive is not None else 0,
+        )

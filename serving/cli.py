@@ -1,0 +1,261 @@
+"""The ``vigil`` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+log = logging.getLogger("vigil")
+
+
+class CliError(Exception):
+    """A user-facing error: printed as one line, exit code 2."""
+
+
+def _add_model_args(p: argparse.ArgumentParser, default: str | None = "tiny") -> None:
+    p.add_argument("--model", default=default, help="Hugging Face id, local checkpoint directory, or 'tiny'")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--max-pixels", type=int, default=None, help="largest resized frame area in pixels")
+    p.add_argument("--min-pixels", type=int, default=None, help="smallest resized frame area in pixels")
+
+
+def _add_perception_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--fps", type=float, default=1.0, help="frames sampled per second of video (default 1)")
+    p.add_argument(
+        "--frames-per-step", type=int, default=None, help="sampled frames per temporal step (1 or 2)"
+    )
+    p.add_argument(
+        "--drop-mode",
+        choices=["pixel", "feature"],
+        default=None,
+        help="differential token drop mode (default: feature with a model, pixel without)",
+    )
+    p.add_argument(
+        "--drop-threshold",
+        type=float,
+        default=None,
+        help="feature: drop when cosine similarity > T; pixel: drop when mean |diff| < T",
+    )
+    p.add_argument("--drop-ratio", type=float, default=None, help="budget mode: drop this share of each step")
+    p.add_argument(
+        "--drop-reference",
+        choices=["last_kept", "previous"],
+        default="last_kept",
+        help="compare with the last kept value at each position (default) or the previous step",
+    )
+
+
+def build_config(args: argparse.Namespace) -> Any:
+    """The validated config tree from command-line arguments (CliError with every problem listed)."""
+    from pydantic import ValidationError
+
+    from assistant.config import VigilConfig, format_validation_error
+
+    mode = args.drop_mode or ("feature" if getattr(args, "model", None) else "pixel")
+    drop = {
+        "mode": mode,
+        "threshold": args.drop_threshold,
+        "drop_ratio": args.drop_ratio,
+        "reference": args.drop_reference,
+    }
+    model = {
+        "name": args.model or "tiny",
+        "device": args.device,
+        "dtype": args.dtype,
+        "max_pixels": args.max_pixels,
+        "min_pixels": args.min_pixels,
+    }
+    perception = {"fps": args.fps, "frames_per_step": args.frames_per_step, "drop": drop}
+    try:
+        return VigilConfig(model=model, perception=perception)
+    except ValidationError as exc:
+        raise CliError(f"invalid options: {format_validation_error(exc)}") from None
+    except ValueError as exc:  # raised by nested dataclass validation
+        raise CliError(f"invalid options: {exc}") from None
+
+
+def load_model(config: Any) -> Any:
+    """Load the configured adapter, turning load failures into CliError."""
+    from assistant.models import ModelLoadError, load_adapter
+
+    try:
+        return load_adapter(config.model.name, device=config.model.device, dtype=config.model.dtype)
+    except (ModelLoadError, ValueError) as exc:
+        raise CliError(str(exc)) from None
+
+
+def cmd_make_tiny_model(args: argparse.Namespace) -> int:
+    from assistant.models.tiny import build_tiny_model
+
+    path = build_tiny_model(args.directory, seed=args.seed)
+    print(path)
+    return 0
+
+
+def cmd_make_clip(args: argparse.Namespace) -> int:
+    from evaluation.synthetic import write_clip
+
+    cuts = tuple(float(c) for c in args.cuts.split(",") if c.strip()) if args.cuts else ()
+    try:
+        clip = write_clip(
+            args.output,
+            seconds=args.seconds,
+            fps=args.fps,
+            width=args.width,
+            height=args.height,
+            cut_times=cuts,
+        )
+    except (ValueError, OSError) as exc:
+        raise CliError(f"could not write {args.output}: {exc}") from None
+    print(
+        json.dumps(
+            {
+                "path": clip.path,
+                "seconds": clip.seconds,
+                "fps": clip.fps,
+                "size": [clip.width, clip.height],
+                "cut_times": list(clip.cut_times),
+            }
+        )
+    )
+    return 0
+
+
+def cmd_perceive(args: argparse.Namespace) -> int:
+    from assistant.sources import SourceError, VideoFileSource
+    from tqdm import tqdm
+
+    from assistant.perception import Perception
+
+    config = build_config(args)
+    adapter = load_model(config) if args.model else None
+    try:
+        perception = Perception.from_config(config, adapter)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    try:
+        source = VideoFileSource(args.video, fps=config.perception.fps, pace=args.speed)
+    except SourceError as exc:
+        raise CliError(str(exc)) from None
+
+    total = int(source.duration * config.perception.fps) + 1 if source.duration else None
+    bar = tqdm(total=total, unit="frame", disable=args.jsonl or None, file=sys.stderr, desc="perceive")
+    started = time.perf_counter()
+    with source:
+        for update in perception.run(source):
+            bar.update(len(update.frame_indices))
+            if args.jsonl:
+                print(json.dumps(update.summary()), flush=True)
+    bar.close()
+    seconds = time.perf_counter() - started
+    stats = perception.stats
+    end = source.end
+    summary = {
+        "video": args.video,
+        "model": config.model.name if adapter else None,
+        "drop_mode": config.perception.drop.mode,
+        "frames": stats.frames,
+        "steps": stats.steps,
+        "tokens": stats.tokens,
+        "kept": stats.kept,
+        "weighted_drop_ratio": round(stats.weighted_drop_ratio, 4),
+        "mean_drop_ratio": round(stats.mean_drop_ratio, 4),
+        "seconds": round(seconds, 3),
+        "fps": round(stats.frames / seconds, 2) if seconds > 0 else None,
+        "realtime_factor": round(stats.frames / seconds / config.perception.fps, 2) if seconds > 0 else None,
+        "stage_seconds": {k: round(v, 4) for k, v in stats.stage_seconds.items()},
+        "frame_size": list(perception.size) if perception.size else None,
+        "grid": list(perception.grid) if perception.grid else None,
+        "end": end.reason if end else None,
+    }
+    if end is not None and end.reason not in ("eof", "closed"):
+        log.warning("video ended early (%s): %s", end.reason, end.message)
+    if args.jsonl:
+        print(json.dumps({"summary": summary}), flush=True)
+    else:
+        width = max(len(k) for k in summary)
+        for key, value in summary.items():
+            print(f"{key:<{width}}  {value}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vigil", description="A video-LLM that watches live video and talks about it."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("perceive", help="run perception (sampling + token drop) over a video file and report")
+    p.add_argument("video", help="video file")
+    _add_model_args(p, default=None)
+    _add_perception_args(p)
+    p.add_argument(
+        "--speed", default="max", help="'max' (as fast as possible), 'realtime', or a speed factor"
+    )
+    p.add_argument("--jsonl", action="store_true", help="one JSON object per step, then a summary line")
+    p.set_defaults(func=cmd_perceive)
+
+    p = sub.add_parser("make-tiny-model", help="write the tiny random-weight test model to a directory")
+    p.add_argument("directory")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_make_tiny_model)
+
+    p = sub.add_parser("make-clip", help="write a synthetic test video with hard cuts at known times")
+    p.add_argument("output", help="output .mp4 path")
+    p.add_argument("--seconds", type=float, default=20.0)
+    p.add_argument("--fps", type=int, default=10)
+    p.add_argument("--width", type=int, default=320)
+    p.add_argument("--height", type=int, default=240)
+    p.add_argument("--cuts", default="6,13", help="comma-separated cut times in seconds")
+    p.set_defaults(func=cmd_make_clip)
+
+    for register in _plugins():
+        register(sub)
+    return parser
+
+
+def _plugins() -> list[Callable[[Any], None]]:
+    """Sub-command groups defined by other packages."""
+    from evaluation.cli import register as register_eval
+
+    return [register_eval]
+
+
+def _parse_speed(value: str) -> str | float:
+    if value in ("max", "realtime"):
+        return value
+    try:
+        speed = float(value)
+    except ValueError:
+        raise CliError(f"--speed must be 'max', 'realtime' or a positive number, got {value!r}") from None
+    if speed <= 0:
+        raise CliError(f"--speed must be positive, got {value}")
+    return speed
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        if hasattr(args, "speed"):
+            args.speed = _parse_speed(args.speed)
+        return int(args.func(args) or 0)
+    except CliError as exc:
+        print(f"vigil: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

