@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from memory.token_drop import DropPolicy
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from memory.token_drop import DropPolicy
 
 
 class _Config(BaseModel):

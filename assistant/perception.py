@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from memory.token_drop import DifferentialTokenDropper, pixel_token_values
 
 from assistant.config import PerceptionConfig, VigilConfig
 from assistant.events import STAGES, PerceptionUpdate
@@ -23,6 +22,7 @@ from assistant.models.preprocess import (
     vision_positions,
 )
 from assistant.sources import Frame
+from memory.token_drop import DifferentialTokenDropper, pixel_token_values
 
 DEFAULT_TOKENS_PER_SECOND = 2.0
 """Temporal position spacing per second when no model is loaded (Qwen2.5-VL's)."""

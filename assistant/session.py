@@ -7,9 +7,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import torch
-from memory.archive import Archive, make_archive
-from memory.policies import make_policy
-from memory.store import MemoryEntry, VisualMemory
 
 from assistant.config import MemoryConfig, VigilConfig
 from assistant.events import PerceptionUpdate
@@ -17,6 +14,9 @@ from assistant.models.base import VisionLanguageAdapter
 from assistant.perception import Perception
 from assistant.reaction import AddEntry, AnswerEvent, AnswerRequest, ReactionEngine
 from assistant.sources import Frame
+from memory.archive import Archive, make_archive
+from memory.policies import make_policy
+from memory.store import MemoryEntry, VisualMemory
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +66,7 @@ class Session:
         self.engine = engine
         self.perception = Perception.from_config(config, adapter, need_embeddings=True)
         self.archive = archive if archive is not None else build_archive(config.memory)
-        self.memory = VisualMemory(
-            config.memory.budget_tokens, make_policy(config.memory.policy), self.archive
-        )
+        self.memory = VisualMemory(config.memory.budget_tokens, make_policy(config.memory.policy), self.archive)
 
     async def start(self) -> None:
         """Open the engine side of the session."""

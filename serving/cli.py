@@ -27,9 +27,7 @@ def _add_model_args(p: argparse.ArgumentParser, default: str | None = "tiny") ->
 
 def _add_perception_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fps", type=float, default=1.0, help="frames sampled per second of video (default 1)")
-    p.add_argument(
-        "--frames-per-step", type=int, default=None, help="sampled frames per temporal step (1 or 2)"
-    )
+    p.add_argument("--frames-per-step", type=int, default=None, help="sampled frames per temporal step (1 or 2)")
     p.add_argument(
         "--drop-mode",
         choices=["pixel", "feature"],
@@ -72,8 +70,23 @@ def build_config(args: argparse.Namespace) -> Any:
         "min_pixels": args.min_pixels,
     }
     perception = {"fps": args.fps, "frames_per_step": args.frames_per_step, "drop": drop}
+    sections: dict[str, Any] = {"model": model, "perception": perception}
+    if hasattr(args, "budget"):
+        sections["memory"] = {
+            "budget_tokens": args.budget,
+            "policy": args.policy,
+            "archive": args.archive,
+            "archive_dir": args.archive_dir,
+            "redis_url": args.redis_url,
+            "recall": args.recall,
+        }
+        sections["engine"] = {
+            "kind": args.engine,
+            "max_new_tokens": args.max_new_tokens,
+            "kv_cap_tokens": args.kv_cap or args.budget + 4096,
+        }
     try:
-        return VigilConfig(model=model, perception=perception)
+        return VigilConfig(**sections)
     except ValidationError as exc:
         raise CliError(f"invalid options: {format_validation_error(exc)}") from None
     except ValueError as exc:  # raised by nested dataclass validation
@@ -88,6 +101,137 @@ def load_model(config: Any) -> Any:
         return load_adapter(config.model.name, device=config.model.device, dtype=config.model.dtype)
     except (ModelLoadError, ValueError) as exc:
         raise CliError(str(exc)) from None
+
+
+def _add_memory_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--budget", type=int, default=8192, help="visual tokens the memory may hold (default 8192)")
+    p.add_argument(
+        "--policy",
+        choices=["sink_window", "redundancy", "round_pool"],
+        default="sink_window",
+        help="what to do when the memory budget is reached",
+    )
+    p.add_argument(
+        "--archive",
+        choices=["none", "memory", "disk", "redis"],
+        default="memory",
+        help="where evicted memory goes (default: in-process)",
+    )
+    p.add_argument("--archive-dir", default=None, help="directory of the disk archive")
+    p.add_argument("--redis-url", default=None, help="Redis URL for the redis archive")
+    p.add_argument("--recall", type=int, default=0, help="archived entries brought back per question")
+    p.add_argument("--engine", choices=["hf"], default="hf", help="reaction engine (transformers)")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--kv-cap", type=int, default=None, help="hard KV cap in tokens (default budget + 4096)")
+
+
+def make_engine(config: Any, adapter: Any) -> Any:
+    """The configured reaction engine."""
+    if config.engine.kind == "hf":
+        from serving.engines.hf import HFEngine
+
+        return HFEngine(adapter, config.engine)
+    raise CliError(f"engine {config.engine.kind!r} is not available in this build")
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from assistant.replay import ScheduledQuestion, play
+    from assistant.session import Session
+    from assistant.sources import SourceError, VideoFileSource
+
+    try:
+        questions = [ScheduledQuestion.parse(spec) for spec in args.ask]
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    config = build_config(args)
+    adapter = load_model(config)
+    try:
+        source = VideoFileSource(args.video, fps=config.perception.fps, pace=args.speed)
+    except SourceError as exc:
+        raise CliError(str(exc)) from None
+
+    def on_answer(record: Any) -> None:
+        if args.jsonl:
+            print(json.dumps(record.as_event()), flush=True)
+        else:
+            print(
+                f"[{record.t:7.1f}s] Q: {record.question}\n           A: {record.answer.strip()}\n"
+                f"           (first token {record.ttft_s * 1000:.0f} ms, total {record.total_s * 1000:.0f} ms)",
+                flush=True,
+            )
+
+    async def run() -> dict[str, Any]:
+        engine = make_engine(config, adapter)
+        session = Session("watch", config, adapter, engine)
+        await session.start()
+        started = time.perf_counter()
+        try:
+            with source:
+                await play(session, source, questions, on_answer=on_answer)
+            stats = session.stats()
+            engine_stats = engine.session_stats(session.session_id)
+        finally:
+            await engine.shutdown()
+        seconds = time.perf_counter() - started
+        return {
+            "frames": stats.frames,
+            "steps": stats.steps,
+            "tokens": stats.tokens_seen,
+            "kept": stats.tokens_kept,
+            "weighted_drop_ratio": round(stats.weighted_drop_ratio, 4),
+            "memory_tokens": stats.memory_tokens,
+            "memory_budget": stats.memory_budget,
+            "archived_entries": stats.archived_entries,
+            "kv_tokens": engine_stats.kv_tokens,
+            "kv_bytes": engine_stats.kv_bytes,
+            "seconds": round(seconds, 3),
+            "end": source.end.reason if source.end else None,
+        }
+
+    summary = asyncio.run(run())
+    if args.jsonl:
+        print(json.dumps({"summary": summary}), flush=True)
+    else:
+        print(" ".join(f"{k}={v}" for k, v in summary.items()))
+    return 0
+
+
+def cmd_bench_latency(args: argparse.Namespace) -> int:
+    from evaluation.bench_latency import LatencyBenchConfig, format_table, run_latency_bench, write_outputs
+
+    try:
+        minutes = tuple(float(m) for m in args.minutes.split(","))
+        grid = tuple(int(g) for g in args.grid.lower().split("x"))
+        cfg = LatencyBenchConfig(
+            minutes=minutes,
+            fps=args.fps,
+            grid=grid,
+            keep_ratio=args.keep_ratio,
+            questions=args.questions,
+            max_new_tokens=args.max_new_tokens,
+            budget_tokens=args.budget,
+        )
+    except ValueError as exc:
+        raise CliError(f"invalid benchmark options: {exc}") from None
+    if len(cfg.grid) != 2 or min(cfg.minutes) <= 0 or not 0 < cfg.keep_ratio <= 1:
+        raise CliError("--grid is ROWSxCOLS, --minutes positive, --keep-ratio in (0, 1]")
+    from assistant.models import ModelLoadError, load_adapter
+    from assistant.models.presets import build_random_adapter
+
+    try:
+        if args.arch:
+            adapter = build_random_adapter(args.arch, device=args.device, dtype=args.dtype)
+        else:
+            adapter = load_adapter(args.model, device=args.device, dtype=args.dtype)
+    except (ModelLoadError, ValueError) as exc:
+        raise CliError(str(exc)) from None
+    result = run_latency_bench(adapter, cfg)
+    print(format_table(result))
+    for path in write_outputs(result, args.out):
+        print(f"wrote {path}", file=sys.stderr)
+    return 0
 
 
 def cmd_make_tiny_model(args: argparse.Namespace) -> int:
@@ -128,10 +272,10 @@ def cmd_make_clip(args: argparse.Namespace) -> int:
 
 
 def cmd_perceive(args: argparse.Namespace) -> int:
-    from assistant.sources import SourceError, VideoFileSource
     from tqdm import tqdm
 
     from assistant.perception import Perception
+    from assistant.sources import SourceError, VideoFileSource
 
     config = build_config(args)
     adapter = load_model(config) if args.model else None
@@ -196,11 +340,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("video", help="video file")
     _add_model_args(p, default=None)
     _add_perception_args(p)
-    p.add_argument(
-        "--speed", default="max", help="'max' (as fast as possible), 'realtime', or a speed factor"
-    )
+    p.add_argument("--speed", default="max", help="'max' (as fast as possible), 'realtime', or a speed factor")
     p.add_argument("--jsonl", action="store_true", help="one JSON object per step, then a summary line")
     p.set_defaults(func=cmd_perceive)
+
+    p = sub.add_parser("watch", help="play a video as a live stream and answer questions at their times")
+    p.add_argument("video", help="video file")
+    p.add_argument(
+        "--ask",
+        action="append",
+        default=[],
+        metavar="SECONDS:QUESTION",
+        help="ask QUESTION when the stream reaches SECONDS (repeatable)",
+    )
+    _add_model_args(p)
+    _add_perception_args(p)
+    _add_memory_args(p)
+    p.add_argument("--speed", default="max", help="'max' (as fast as possible), 'realtime', or a speed factor")
+    p.add_argument("--jsonl", action="store_true", help="one JSON event per line, then a summary line")
+    p.set_defaults(func=cmd_watch)
+
+    bench = sub.add_parser("bench", help="efficiency benchmarks").add_subparsers(dest="bench", required=True)
+    p = bench.add_parser("latency", help="question latency and memory as the stream grows, against re-prefill")
+    p.add_argument("--model", default="tiny", help="checkpoint (ignored with --arch)")
+    p.add_argument("--arch", default=None, help="real-size random-weight architecture: qwen2.5-vl-3b, qwen2.5-vl-7b")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--minutes", default="1,10,60", help="stream lengths in minutes (comma-separated)")
+    p.add_argument("--fps", type=float, default=1.0)
+    p.add_argument("--grid", default="8x8", help="visual tokens per step before dropping, ROWSxCOLS")
+    p.add_argument("--keep-ratio", type=float, default=0.2, help="share of tokens kept by the drop")
+    p.add_argument("--budget", type=int, default=4096, help="memory budget in visual tokens")
+    p.add_argument("--questions", type=int, default=5)
+    p.add_argument("--max-new-tokens", type=int, default=16)
+    p.add_argument("--out", default="out/bench-latency", help="output folder (JSON, markdown, PNG)")
+    p.set_defaults(func=cmd_bench_latency)
 
     p = sub.add_parser("make-tiny-model", help="write the tiny random-weight test model to a directory")
     p.add_argument("directory")

@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from memory.store import Evict, MemoryEntry, Pool, Prune
 
 from assistant.config import EngineConfig
 from assistant.models.base import VisionLanguageAdapter
@@ -41,6 +40,7 @@ from assistant.reaction import (
     UnknownSessionError,
 )
 from memory.kv_cache import SegmentKVCache
+from memory.store import Evict, MemoryEntry, Pool, Prune
 
 log = logging.getLogger(__name__)
 
@@ -278,9 +278,7 @@ class HFEngine:
         )
         visual = torch.zeros(ids.numel(), dtype=torch.bool)
         visual[stamp.numel() + 1 : stamp.numel() + 1 + k] = True
-        return _Record(
-            "visual", ids, visual, entry.embeddings, entry.positions[1].clone(), entry.positions[2].clone()
-        )
+        return _Record("visual", ids, visual, entry.embeddings, entry.positions[1].clone(), entry.positions[2].clone())
 
     def _take_pending(self, ctx: _SessionContext) -> list[MemoryChange]:
         with ctx.pending_lock:
@@ -416,9 +414,7 @@ class HFEngine:
         ctx.kv.rollback(checkpoint)
         if not request.remember or self.config.text_window_tokens == 0:
             return
-        record = _Record(
-            "text", self._ids(f"\n[{request.t:.1f}s] Q: {request.question}\nA: {text.strip()}\n")
-        )
+        record = _Record("text", self._ids(f"\n[{request.t:.1f}s] Q: {request.question}\nA: {text.strip()}\n"))
         n = record.num_tokens()
         if n > self.config.text_window_tokens:
             keep = self.config.text_window_tokens
@@ -447,17 +443,16 @@ class HFEngine:
         pair = torch.stack([logits[yes].logsumexp(0), logits[no].logsumexp(0)])
         return float(torch.softmax(pair, dim=0)[0])
 
-    def _first_token_ids(
-        self, yes: tuple[str, ...], no: tuple[str, ...]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _first_token_ids(self, yes: tuple[str, ...], no: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:
         def first(words: tuple[str, ...]) -> torch.Tensor:
             ids = {self.tokenizer(w, add_special_tokens=False).input_ids[0] for w in words}
             return torch.tensor(sorted(ids))
 
-        y, n = first(yes), first(no)
-        if set(y.tolist()) & set(n.tolist()):
+        y, n = set(first(yes).tolist()), set(first(no).tolist())
+        y, n = y - n, n - y  # a first token shared by both spellings (e.g. a space) says nothing
+        if not y or not n:
             raise EngineError("the tokenizer does not separate 'Yes' from 'No' in their first token")
-        return y, n
+        return torch.tensor(sorted(y)), torch.tensor(sorted(n))
 
     @staticmethod
     def _sample(logits: torch.Tensor, temperature: float) -> int:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from memory.token_drop import DropPolicy
 from pydantic import ValidationError
 
 from assistant.config import ModelConfig, PerceptionConfig, VigilConfig, format_validation_error
+from memory.token_drop import DropPolicy
 
 
 def test_defaults() -> None:

@@ -1,0 +1,189 @@
+"""The transformers engine: KV reuse is exact, rollback restores the cache, memory changes are mirrored."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import torch
+
+from assistant.config import VigilConfig
+from assistant.reaction import AddEntry, AnswerDelta, AnswerDone, AnswerRequest, EngineError, UnknownSessionError
+from assistant.session import Session
+from evaluation.bench_latency import LatencyBenchConfig, synthetic_updates
+from memory.store import MemoryEntry
+from serving.engines.hf import HFEngine
+
+
+def _config(budget: int = 4096, reuse: bool = True, **engine) -> VigilConfig:
+    return VigilConfig(
+        memory={"budget_tokens": budget, "archive": "memory"},
+        engine={"max_new_tokens": 12, "kv_cap_tokens": budget * 2 + 2048, "reuse_kv": reuse, **engine},
+    )
+
+
+def _updates(adapter, steps: int, seed: int = 0, keep: float = 0.25):
+    cfg = LatencyBenchConfig(grid=(6, 8), keep_ratio=keep, seed=seed)
+    return list(synthetic_updates(cfg, adapter.hidden_size, steps, interval=4.0))
+
+
+async def _answer(session: Session, question: str, t: float) -> tuple[str, AnswerDone]:
+    text, done = "", None
+    async for event in session.ask(question, t):
+        if isinstance(event, AnswerDelta):
+            text += event.text
+        else:
+            done = event
+    assert done is not None
+    return text, done
+
+
+def _kv_snapshot(engine: HFEngine, sid: str) -> list[torch.Tensor]:
+    layers = engine._sessions[sid].kv.cache.layers
+    return [t.clone() for layer in layers for t in (layer.keys, layer.values)]
+
+
+def test_kv_reuse_answers_equal_full_reprefill(tiny_adapter) -> None:
+    """Several questions with new chunks in between: the KV path answers exactly as a full re-prefill does."""
+
+    async def run(reuse: bool) -> list[str]:
+        engine = HFEngine(tiny_adapter, _config(reuse=reuse).engine)
+        session = Session("s", _config(reuse=reuse), tiny_adapter, engine)
+        await session.start()
+        updates = _updates(tiny_adapter, 30)
+        answers = []
+        try:
+            for i, update in enumerate(updates):
+                session.remember(update)
+                if i in (9, 19, 29):
+                    _, done = await _answer(session, f"what happened before {update.t_end:.0f} s?", update.t_end)
+                    answers.append(done.text)
+                    if reuse:
+                        assert done.stats.cached_tokens > done.stats.prompt_tokens
+        finally:
+            await engine.shutdown()
+        return answers
+
+    reused, reprefilled = asyncio.run(run(True)), asyncio.run(run(False))
+    assert len(reused) == 3 and all(reused)
+    assert reused == reprefilled
+
+
+def test_question_rollback_leaves_cache_byte_identical(tiny_adapter) -> None:
+    async def run() -> None:
+        engine = HFEngine(tiny_adapter, _config(text_window_tokens=0).engine)
+        session = Session("s", _config(), tiny_adapter, engine)
+        await session.start()
+        for update in _updates(tiny_adapter, 8):
+            session.remember(update)
+        await engine.sync("s")
+        before = _kv_snapshot(engine, "s")
+        segments = engine._sessions["s"].kv.segments
+        await _answer(session, "what is there?", 16.0)
+        p = await engine.probe("s", "is there a car?", 16.0)
+        assert 0.0 < p < 1.0
+        after = _kv_snapshot(engine, "s")
+        assert engine._sessions["s"].kv.segments == segments
+        assert all(torch.equal(a, b) for a, b in zip(before, after, strict=True))
+        await engine.shutdown()
+
+    asyncio.run(run())
+
+
+def test_text_window_keeps_dialogue_bounded(tiny_adapter) -> None:
+    async def run() -> None:
+        config = _config(text_window_tokens=64)
+        engine = HFEngine(tiny_adapter, config.engine)
+        session = Session("s", config, tiny_adapter, engine)
+        await session.start()
+        for update in _updates(tiny_adapter, 4):
+            session.remember(update)
+        for i in range(6):
+            await _answer(session, f"question number {i} about the red car?", 8.0 + i)
+            ctx = engine._sessions["s"]
+            text = sum(ctx.records[s].num_tokens() for s in ctx.history)
+            assert 0 < text <= 64
+        await engine.shutdown()
+
+    asyncio.run(run())
+
+
+def test_cancelled_answer_frees_the_engine(tiny_adapter) -> None:
+    async def run() -> None:
+        config = _config()
+        engine = HFEngine(tiny_adapter, config.engine)
+        session = Session("s", config, tiny_adapter, engine)
+        await session.start()
+        for update in _updates(tiny_adapter, 6):
+            session.remember(update)
+        await engine.sync("s")
+        length = engine._sessions["s"].kv.length
+        stream = session.ask("describe everything", 12.0, max_new_tokens=50)
+        async for event in stream:
+            assert isinstance(event, AnswerDelta)
+            break
+        await stream.aclose()
+        assert engine._sessions["s"].kv.length == length
+        _, done = await _answer(session, "and now?", 12.0)
+        assert done.stats.generated_tokens >= 0
+        await engine.shutdown()
+
+    asyncio.run(run())
+
+
+def test_memory_evictions_are_mirrored_and_cap_holds(tiny_adapter) -> None:
+    async def run() -> None:
+        config = _config(budget=200)
+        engine = HFEngine(tiny_adapter, config.engine)
+        session = Session("s", config, tiny_adapter, engine)
+        await session.start()
+        for update in _updates(tiny_adapter, 120):
+            session.remember(update)
+            await engine.sync("s")
+            ctx = engine._sessions["s"]
+            visual = {s.segment_id for s in ctx.kv.segments if s.kind == "visual"}
+            assert visual == {f"e{e.entry_id}" for e in session.memory.entries}
+            assert ctx.kv.length <= ctx.kv.cap_tokens
+            assert session.memory.tokens_held <= 200
+        assert session.stats().archived_entries > 0
+        await engine.shutdown()
+
+    asyncio.run(run())
+
+
+def test_consolidation_renumbers_positions(tiny_adapter) -> None:
+    async def run() -> None:
+        config = _config(budget=300, position_limit=4096)
+        engine = HFEngine(tiny_adapter, config.engine)
+        session = Session("s", config, tiny_adapter, engine)
+        await session.start()
+        for update in _updates(tiny_adapter, 400):
+            session.remember(update)
+            await engine.sync("s")
+            assert engine._sessions["s"].cursor < 4096
+        stats = engine.session_stats("s")
+        assert stats.consolidations >= 1
+        _, done = await _answer(session, "still there?", 800.0)
+        assert done.stats.cached_tokens == stats.kv_tokens
+        await engine.shutdown()
+
+    asyncio.run(run())
+
+
+def test_bad_requests(tiny_adapter) -> None:
+    async def run() -> None:
+        engine = HFEngine(tiny_adapter, _config().engine)
+        with pytest.raises(UnknownSessionError, match="no session"):
+            engine.apply("nope", [])
+        await engine.open_session("s")
+        with pytest.raises(ValueError, match="already open"):
+            await engine.open_session("s")
+        entry = MemoryEntry(entry_id=1, chunk_index=0, t_start=0.0, t_end=2.0, token_indices=torch.arange(4),
+                            positions=torch.zeros(3, 4, dtype=torch.long))
+        engine.apply("s", [AddEntry(entry)])
+        with pytest.raises(EngineError, match="needs visual embeddings"):
+            async for _ in engine.answer("s", AnswerRequest("hi", 1.0)):
+                pass
+        await engine.shutdown()
+
+    asyncio.run(run())
