@@ -16,9 +16,7 @@ class _Config(BaseModel):
 class ModelConfig(_Config):
     """Which vision-language checkpoint to load and where to run it."""
 
-    name: str = Field(
-        "tiny", min_length=1, description="Hugging Face id, local directory, or 'tiny' (test model)."
-    )
+    name: str = Field("tiny", min_length=1, description="Hugging Face id, local directory, or 'tiny' (test model).")
     device: str = Field("auto", description="'auto' (CUDA when present, else CPU), 'cpu', 'cuda', 'cuda:N'.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="Weights dtype; 'auto' is bfloat16 on GPU, float32 on CPU."
@@ -29,9 +27,7 @@ class ModelConfig(_Config):
         le=16384 * 16384,
         description="Largest resized frame area (default: the checkpoint's).",
     )
-    min_pixels: int | None = Field(
-        None, ge=28 * 28, description="Smallest resized frame area (default: checkpoint's)."
-    )
+    min_pixels: int | None = Field(None, ge=28 * 28, description="Smallest resized frame area (default: checkpoint's).")
 
     @model_validator(mode="after")
     def _pixels_ordered(self) -> ModelConfig:
@@ -65,9 +61,7 @@ class PerceptionConfig(_Config):
     @model_validator(mode="after")
     def _encoder_for_features(self) -> PerceptionConfig:
         if self.drop.mode == "feature" and self.encode == "never":
-            raise ValueError(
-                "drop mode 'feature' needs the vision encoder; set encode to 'auto' or use mode 'pixel'"
-            )
+            raise ValueError("drop mode 'feature' needs the vision encoder; set encode to 'auto' or use mode 'pixel'")
         return self
 
 
@@ -84,9 +78,7 @@ class MemoryConfig(_Config):
     policy: Literal["sink_window", "redundancy", "round_pool"] = Field(
         "sink_window", description="What to do when the budget is reached."
     )
-    archive: Literal["none", "memory", "disk", "redis"] = Field(
-        "memory", description="Where evicted entries go."
-    )
+    archive: Literal["none", "memory", "disk", "redis"] = Field("memory", description="Where evicted entries go.")
     archive_dir: str | None = Field(None, description="Directory of the disk archive.")
     redis_url: str | None = Field(None, description="Redis URL of the redis archive.")
     archive_max_entries: int = Field(4096, ge=1, description="Archive cap in entries (oldest dropped first).")
@@ -106,15 +98,11 @@ class MemoryConfig(_Config):
 class EngineConfig(_Config):
     """The reaction engine that answers."""
 
-    kind: Literal["hf", "vllm", "remote"] = Field(
-        "hf", description="transformers, in-process vLLM, or remote."
-    )
+    kind: Literal["hf", "vllm", "remote"] = Field("hf", description="transformers, in-process vLLM, or remote.")
     max_new_tokens: int = Field(128, ge=1, le=8192, description="Longest answer in tokens.")
     temperature: float = Field(0.0, ge=0.0, le=2.0, description="0 = greedy.")
     kv_cap_tokens: int = Field(16384, ge=256, le=4_000_000, description="Hard cap of a session's KV cache.")
-    text_window_tokens: int = Field(
-        512, ge=0, le=65536, description="Past questions and answers kept in context."
-    )
+    text_window_tokens: int = Field(512, ge=0, le=65536, description="Past questions and answers kept in context.")
     system_prompt: str = Field(DEFAULT_SYSTEM_PROMPT, min_length=1, max_length=8000)
     reuse_kv: bool = Field(True, description="False re-prefills the whole context per question (baseline).")
     position_limit: int | None = Field(

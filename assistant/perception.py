@@ -61,9 +61,7 @@ class PerceptionStats:
             self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + seconds
 
 
-def pixel_descriptors(
-    frames: torch.Tensor, token_px: int, cells: int = PIXEL_DESCRIPTOR_CELLS
-) -> torch.Tensor:
+def pixel_descriptors(frames: torch.Tensor, token_px: int, cells: int = PIXEL_DESCRIPTOR_CELLS) -> torch.Tensor:
     """Compact per-token pixel vectors [N, 3 * cells * cells] from frames [T, 3, H, W] in [0, 1]."""
     pooled = F.avg_pool2d(frames.mean(0, keepdim=True), token_px // cells)  # [1, 3, gh*cells, gw*cells]
     _, c, hh, ww = pooled.shape
@@ -102,9 +100,7 @@ class Perception:
                 "model was given; load one (e.g. --model tiny) or use pixel-mode drop"
             )
         if self.geometry.token_px % PIXEL_DESCRIPTOR_CELLS:
-            raise ValueError(
-                f"token size {self.geometry.token_px} px is not a multiple of {PIXEL_DESCRIPTOR_CELLS}"
-            )
+            raise ValueError(f"token size {self.geometry.token_px} px is not a multiple of {PIXEL_DESCRIPTOR_CELLS}")
         self.time_interval = (
             adapter.time_interval(self.seconds_per_step)
             if adapter is not None
@@ -196,9 +192,7 @@ class Perception:
         positions = vision_positions(step, gh, gw, self.time_interval)[:, kept]  # [3, K]
         kept_embeddings = embeddings[kept] if embeddings is not None else None
         features = (
-            kept_embeddings
-            if kept_embeddings is not None
-            else pixel_descriptors(x, self.geometry.token_px)[kept]
+            kept_embeddings if kept_embeddings is not None else pixel_descriptors(x, self.geometry.token_px)[kept]
         )
         timings["drop"] = time.perf_counter() - t0
 

@@ -6,6 +6,7 @@ Every source yields ``Frame`` objects carrying their stream time; ``end`` tells 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import logging
 import os
@@ -396,10 +397,8 @@ class PushSource:
             if self._closed:
                 return
             self._closed = True
-        try:
+        with contextlib.suppress(queue.Full):  # when full, the consumer sees the closed flag once it drains
             self._queue.put_nowait(None)
-        except queue.Full:  # the consumer will see the closed flag once the queue drains
-            pass
 
     def __iter__(self) -> Iterator[Frame]:
         index = 0

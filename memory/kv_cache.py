@@ -93,9 +93,7 @@ class SegmentKVCache:
         grown = self._physical_length() - before
         if grown != num_tokens:
             self.truncate(before)
-            raise RuntimeError(
-                f"segment {segment_id!r}: expected {num_tokens} new tokens, the model wrote {grown}"
-            )
+            raise RuntimeError(f"segment {segment_id!r}: expected {num_tokens} new tokens, the model wrote {grown}")
         self._segments.append(Segment(segment_id, kind, num_tokens))
 
     def split_last(self, parts: list[tuple[str, str, int]]) -> None:
@@ -111,9 +109,7 @@ class SegmentKVCache:
         known = {s.segment_id for s in self._segments}
         if missing := ids - known:
             raise KeyError(f"no segments {sorted(missing)} in the KV cache")
-        keep = torch.cat(
-            [torch.full((s.length,), s.segment_id not in ids, dtype=torch.bool) for s in self._segments]
-        )
+        keep = torch.cat([torch.full((s.length,), s.segment_id not in ids, dtype=torch.bool) for s in self._segments])
         removed = int((~keep).sum())
         self._select(keep)
         self._segments = [s for s in self._segments if s.segment_id not in ids]

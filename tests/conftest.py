@@ -67,9 +67,28 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> str:
         port = s.getsockname()[1]
     run_dir = tmp_path_factory.mktemp("redis")
     pidfile = run_dir / "redis.pid"
-    subprocess.run([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                    "--daemonize", "yes", "--pidfile", str(pidfile), "--dir", str(run_dir),
-                    "--logfile", str(run_dir / "redis.log")], check=True)
+    subprocess.run(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "yes",
+            "--pidfile",
+            str(pidfile),
+            "--dir",
+            str(run_dir),
+            "--logfile",
+            str(run_dir / "redis.log"),
+        ],
+        check=True,
+    )
     import redis
 
     client = redis.Redis(port=port)

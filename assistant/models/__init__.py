@@ -47,9 +47,7 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return table[dtype]
 
 
-def load_adapter(
-    name: str, *, device: str = "auto", dtype: str = "auto", **hub_kwargs: Any
-) -> VisionLanguageAdapter:
+def load_adapter(name: str, *, device: str = "auto", dtype: str = "auto", **hub_kwargs: Any) -> VisionLanguageAdapter:
     """Load a vision-language checkpoint (a Hugging Face id, a local directory, or ``tiny``)."""
     from transformers import AutoConfig
 
@@ -70,9 +68,7 @@ def load_adapter(
     from assistant.models.qwen_vl import QwenVLAdapter
 
     dev = resolve_device(device)
-    return QwenVLAdapter.from_pretrained(
-        name, family, device=dev, dtype=resolve_dtype(dtype, dev), **hub_kwargs
-    )
+    return QwenVLAdapter.from_pretrained(name, family, device=dev, dtype=resolve_dtype(dtype, dev), **hub_kwargs)
 
 
 __all__ = [

@@ -137,9 +137,7 @@ def patchify(frames: torch.Tensor, geometry: VisualGeometry) -> tuple[torch.Tens
     return x.reshape(gt * gh * gw, c * tp * p * p).contiguous(), (gt, gh, gw)
 
 
-def vision_positions(
-    step: int, grid_h: int, grid_w: int, time_interval: float, start: int = 0
-) -> torch.Tensor:
+def vision_positions(step: int, grid_h: int, grid_w: int, time_interval: float, start: int = 0) -> torch.Tensor:
     """Original M-RoPE (t, h, w) positions [3, grid_h * grid_w] of one temporal step's tokens.
 
     ``grid_h`` and ``grid_w`` count language-model tokens (after merging); ``time_interval`` is the temporal

@@ -30,9 +30,7 @@ def read_geometry(name: str, vision_config: Any, **hub_kwargs: Any) -> VisualGeo
     from transformers.utils import cached_file
 
     data: dict[str, Any] = {}
-    path = cached_file(
-        name, "preprocessor_config.json", _raise_exceptions_for_missing_entries=False, **hub_kwargs
-    )
+    path = cached_file(name, "preprocessor_config.json", _raise_exceptions_for_missing_entries=False, **hub_kwargs)
     if path:
         with open(path, encoding="utf-8") as fh:
             data = json.load(fh)

@@ -155,8 +155,7 @@ def test_step_by_step_encoding_equals_whole_video(tiny_adapter) -> None:
     whole = tiny_adapter.encode(patches, grid)
     per_step = patches.shape[0] // grid[0]
     steps = [
-        tiny_adapter.encode(patches[k * per_step : (k + 1) * per_step], (1, grid[1], grid[2]))
-        for k in range(grid[0])
+        tiny_adapter.encode(patches[k * per_step : (k + 1) * per_step], (1, grid[1], grid[2])) for k in range(grid[0])
     ]
     assert torch.allclose(whole, torch.cat(steps), atol=1e-5)
 
@@ -214,9 +213,9 @@ def test_load_errors(tmp_path) -> None:
         load_adapter(str(tmp_path / "missing"))
     from transformers import Qwen2Config
 
-    Qwen2Config(
-        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64
-    ).save_pretrained(tmp_path / "textonly")
+    Qwen2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64).save_pretrained(
+        tmp_path / "textonly"
+    )
     with pytest.raises(ModelLoadError, match="supported families: qwen2_vl, qwen2_5_vl"):
         load_adapter(str(tmp_path / "textonly"))
 

@@ -52,7 +52,7 @@ def test_moving_square_keeps_old_and_new_tokens() -> None:
     for i in range(4):
         img = np.zeros((56, 112, 3), np.uint8)
         x = 28 * (i // 2)  # moves one token to the right every step
-        img[:28, x:x + 28] = 255
+        img[:28, x : x + 28] = 255
         frames.append(_frame(i, img))
     updates = list(p.run(frames))
     assert updates[1].kept_indices.tolist() == [0, 1]

@@ -40,8 +40,11 @@ def test_search_returns_the_planted_entry_first(tmp_path, redis_url) -> None:
 
 
 def test_caps_drop_oldest(tmp_path, redis_url) -> None:
-    for kind, kwargs in (("memory", {}), ("disk", {"directory": tmp_path / "d"}),
-                         ("redis", {"url": redis_url, "namespace": f"test:{uuid.uuid4().hex}"})):
+    for kind, kwargs in (
+        ("memory", {}),
+        ("disk", {"directory": tmp_path / "d"}),
+        ("redis", {"url": redis_url, "namespace": f"test:{uuid.uuid4().hex}"}),
+    ):
         archive = make_archive(kind, max_entries=5, **kwargs)
         for i in range(12):
             archive.put(entry(i, 0))

@@ -12,8 +12,9 @@ from memory.store import Evict, MemoryEntry, Pool, Prune, VisualMemory
 GW = 8
 
 
-def entry(step: int, cells: list[int], dim: int = 4, value: float | None = None, round_: int = 0,
-          seed: int | None = None) -> MemoryEntry:
+def entry(
+    step: int, cells: list[int], dim: int = 4, value: float | None = None, round_: int = 0, seed: int | None = None
+) -> MemoryEntry:
     idx = torch.tensor(cells, dtype=torch.long)
     pos = torch.stack([torch.full_like(idx, step * 4), idx // GW, idx % GW])
     if value is not None:

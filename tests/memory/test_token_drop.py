@@ -22,7 +22,7 @@ def _frames(value: float = 0.0, h: int = 56, w: int = 84) -> torch.Tensor:
 
 def _square(col: int) -> torch.Tensor:
     x = _frames(0.0, 28, 28 * 5)
-    x[:, :, :, 28 * col:28 * (col + 1)] = 1.0
+    x[:, :, :, 28 * col : 28 * (col + 1)] = 1.0
     return x
 
 
@@ -122,7 +122,7 @@ def test_pixel_token_values_row_major() -> None:
     x = torch.zeros(1, 3, 56, 84)
     for row in range(2):
         for col in range(3):
-            x[:, :, 28 * row:28 * (row + 1), 28 * col:28 * (col + 1)] = (row * 3 + col) / 10
+            x[:, :, 28 * row : 28 * (row + 1), 28 * col : 28 * (col + 1)] = (row * 3 + col) / 10
     v = pixel_token_values(x, 28)
     assert v.shape == (6, 3 * 28 * 28)
     assert v.mean(-1).tolist() == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4, 0.5])

@@ -11,8 +11,9 @@ import pytest
 
 
 def vigil(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "serving.cli", *args], capture_output=True, text=True,
-                          timeout=600, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "serving.cli", *args], capture_output=True, text=True, timeout=600, cwd=cwd
+    )
 
 
 @pytest.fixture(scope="module")
@@ -83,8 +84,19 @@ def test_not_a_video(tmp_path) -> None:
 
 
 def test_watch_answers_at_stream_times(clip, vigil_home) -> None:
-    out = vigil("watch", str(clip[0]), "--model", "tiny", "--ask", "5:What changed?", "--ask", "30:And at the end?",
-                "--jsonl", "--max-new-tokens", "8")
+    out = vigil(
+        "watch",
+        str(clip[0]),
+        "--model",
+        "tiny",
+        "--ask",
+        "5:What changed?",
+        "--ask",
+        "30:And at the end?",
+        "--jsonl",
+        "--max-new-tokens",
+        "8",
+    )
     assert out.returncode == 0, out.stderr
     events = [json.loads(line) for line in out.stdout.splitlines()]
     answers = [e for e in events if e.get("type") == "answer"]
@@ -98,8 +110,20 @@ def test_watch_answers_at_stream_times(clip, vigil_home) -> None:
 
 
 def test_bench_latency_writes_outputs(tmp_path, vigil_home) -> None:
-    out = vigil("bench", "latency", "--minutes", "0.5,1", "--questions", "2", "--max-new-tokens", "2",
-                "--budget", "256", "--out", str(tmp_path / "bench"))
+    out = vigil(
+        "bench",
+        "latency",
+        "--minutes",
+        "0.5,1",
+        "--questions",
+        "2",
+        "--max-new-tokens",
+        "2",
+        "--budget",
+        "256",
+        "--out",
+        str(tmp_path / "bench"),
+    )
     assert out.returncode == 0, out.stderr
     result = json.loads((tmp_path / "bench" / "latency.json").read_text())
     modes = {(r["minutes"], r["mode"]) for r in result["runs"]}

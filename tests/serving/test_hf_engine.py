@@ -178,8 +178,14 @@ def test_bad_requests(tiny_adapter) -> None:
         await engine.open_session("s")
         with pytest.raises(ValueError, match="already open"):
             await engine.open_session("s")
-        entry = MemoryEntry(entry_id=1, chunk_index=0, t_start=0.0, t_end=2.0, token_indices=torch.arange(4),
-                            positions=torch.zeros(3, 4, dtype=torch.long))
+        entry = MemoryEntry(
+            entry_id=1,
+            chunk_index=0,
+            t_start=0.0,
+            t_end=2.0,
+            token_indices=torch.arange(4),
+            positions=torch.zeros(3, 4, dtype=torch.long),
+        )
         engine.apply("s", [AddEntry(entry)])
         with pytest.raises(EngineError, match="needs visual embeddings"):
             async for _ in engine.answer("s", AnswerRequest("hi", 1.0)):
