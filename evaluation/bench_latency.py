@@ -192,8 +192,8 @@ def run_latency_bench(adapter: Any, cfg: LatencyBenchConfig) -> dict[str, Any]:
         / by[(mid, "vigil")]["ttft_p50_s"],
     }
     longest = next(r for r in runs if r.minutes == hi and r.mode == "vigil")
-    at10 = [p for p in longest.timeline if p["t_min"] >= min(10.0, hi)]
-    if at10:
+    at10 = [p for p in longest.timeline if p["t_min"] >= 10.0]
+    if at10 and hi > 10.0:
         ratios[f"rss_growth_{at10[0]['t_min']:.0f}min_to_{hi:g}min"] = longest.timeline[-1]["rss"] / at10[0]["rss"] - 1
     return {
         "config": asdict(cfg),

@@ -45,6 +45,23 @@ from memory.store import Evict, MemoryEntry, Pool, Prune
 log = logging.getLogger(__name__)
 
 
+class _HeapTrimmer:
+    """Hands freed heap memory back to the OS after the KV cache changed (glibc keeps it otherwise, and the
+    reallocations of a growing and shrinking cache make RSS creep up for an hour before it levels off)."""
+
+    def __init__(self) -> None:
+        try:
+            import ctypes
+
+            self._trim = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):  # not glibc
+            self._trim = None
+
+    def __call__(self) -> None:
+        if self._trim is not None:
+            self._trim(0)
+
+
 @dataclass(slots=True)
 class _Record:
     """What is needed to (re)prefill one segment: token ids, visual embeddings, and how to lay out positions."""
@@ -107,6 +124,7 @@ class HFEngine:
         self.tokenizer = adapter.tokenizer
         self._sessions: dict[str, _SessionContext] = {}
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vigil-hf")
+        self._trim_heap = _HeapTrimmer()
         gen = getattr(self.model, "generation_config", None)
         eos = getattr(gen, "eos_token_id", None) or self.tokenizer.eos_token_id
         self._stop_ids = set(eos if isinstance(eos, list) else [eos])
@@ -288,7 +306,8 @@ class HFEngine:
     def _sync(self, ctx: _SessionContext) -> int:
         """Apply queued memory changes: evictions and prunes on the cache, new entries prefilled in order."""
         to_add: dict[str, MemoryEntry] = {}
-        for change in self._take_pending(ctx):
+        changes = self._take_pending(ctx)
+        for change in changes:
             if isinstance(change, AddEntry):
                 to_add[f"e{change.entry.entry_id}"] = change.entry
             elif isinstance(change, Evict):
@@ -311,6 +330,8 @@ class HFEngine:
             self._make_room(ctx, record.num_tokens())
             self._append(ctx, sid, record)
             prefilled += record.num_tokens()
+        if changes and self.adapter.device.type == "cpu":
+            self._trim_heap()
         return prefilled
 
     def _drop(self, ctx: _SessionContext, segment_ids: list[str], to_add: dict[str, MemoryEntry]) -> None:
