@@ -1,12 +1,11 @@
-"""The bounded visual memory: one entry per kept temporal step, a token budget that is never exceeded.
+"""The bounded visual memory: one entry per kept temporal step, under a token budget that is never exceeded.
 
-Every change the memory makes is returned as a typed operation (Evict, Prune, Pool) so that an engine can
-mirror it in its KV cache.
+Every change the memory makes is returned as a typed operation (Evict, Prune, Pool) so that an engine can mirror
+it in its KV cache: prefill each added entry once, then apply the operations in the order they are returned.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -20,39 +19,51 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+def _check_integer(name: str, value: torch.Tensor) -> torch.Tensor:
+    if value.dtype.is_floating_point or value.dtype.is_complex or value.dtype == torch.bool:
+        raise ValueError(f"{name} must hold integers, got dtype {value.dtype}")
+    return value.long()
+
+
 @dataclass(slots=True)
 class MemoryEntry:
     """The kept tokens of one temporal step (or of several pooled steps)."""
 
     entry_id: int
-    """Unique, increasing in insertion order (assigned by VisualMemory.add when negative)."""
+    """Unique, increasing in insertion order; VisualMemory.add assigns one when negative."""
     chunk_index: int
+    """Perception step index (of the first step when pooled)."""
     t_start: float
+    """Stream seconds."""
     t_end: float
     token_indices: torch.Tensor
     """[K] long: each kept token's index in its step's row-major token grid."""
     positions: torch.Tensor
-    """[3, K] long: original M-RoPE (t, h, w) positions."""
+    """[3, K] long: original M-RoPE (t, h, w) positions of the kept tokens."""
     embeddings: torch.Tensor | None = None
-    """[K, D] visual tokens the engine feeds."""
+    """[K, D] visual embeddings the engine feeds."""
     features: torch.Tensor | None = None
-    """[K, C] vectors the policies compare (embeddings when None)."""
+    """[K, C] vectors the policies compare (embeddings are used when None)."""
     round: int = 0
     """Dialogue round at insertion."""
     pooled_from: tuple[int, ...] = ()
+    """Ids of the entries averaged into this one."""
 
     def __post_init__(self) -> None:
-        k = self.token_indices.numel()
         if self.token_indices.ndim != 1:
             raise ValueError(f"token_indices must be [K], got shape {tuple(self.token_indices.shape)}")
+        self.token_indices = _check_integer("token_indices", self.token_indices)
+        k = self.token_indices.numel()
         if tuple(self.positions.shape) != (3, k):
-            raise ValueError(f"positions must be [3, {k}], got {tuple(self.positions.shape)}")
+            raise ValueError(f"positions must be [3, {k}] (t, h, w per kept token), got {tuple(self.positions.shape)}")
+        self.positions = _check_integer("positions", self.positions)
         for name in ("embeddings", "features"):
             value = getattr(self, name)
             if value is not None and (value.ndim != 2 or value.shape[0] != k):
-                raise ValueError(f"{name} must be [{k}, D], got {tuple(value.shape)}")
+                raise ValueError(f"{name} must be [{k}, D] (one vector per kept token), got {tuple(value.shape)}")
         if self.t_end < self.t_start:
             raise ValueError(f"t_end ({self.t_end}) is before t_start ({self.t_start})")
+        self.pooled_from = tuple(int(i) for i in self.pooled_from)
 
     @property
     def num_tokens(self) -> int:
@@ -60,23 +71,42 @@ class MemoryEntry:
 
     @property
     def vectors(self) -> torch.Tensor | None:
-        """What policies compare: features, else embeddings."""
+        """[K, C] what policies compare: features, else embeddings, else None."""
         return self.features if self.features is not None else self.embeddings
 
     @property
     def nbytes(self) -> int:
-        tensors = (self.token_indices, self.positions, self.embeddings, self.features)
+        """Bytes of all tensors (a tensor shared by embeddings and features counts once)."""
+        tensors = [self.token_indices, self.positions, self.embeddings]
+        if self.features is not self.embeddings:
+            tensors.append(self.features)
         return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
     def select(self, keep: torch.Tensor) -> MemoryEntry:
-        """The same entry (same id) restricted to ``keep`` ([K] bool or [K'] long local indices)."""
-        idx = keep.nonzero().squeeze(1) if keep.dtype == torch.bool else keep.long()
+        """The same entry (same id) restricted to ``keep``: [K] bool mask or [K'] long local indices."""
+        k = self.num_tokens
+        if keep.dtype == torch.bool:
+            if tuple(keep.shape) != (k,):
+                raise ValueError(f"a keep mask must be [{k}] bool, got {tuple(keep.shape)}")
+            idx = keep.nonzero().squeeze(1)
+        else:
+            idx = _check_integer("keep", keep)
+            if idx.ndim != 1:
+                raise ValueError(f"keep indices must be [K'], got shape {tuple(idx.shape)}")
+            if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= k):
+                raise ValueError(f"keep indices must lie in [0, {k}), got {idx.min()}..{idx.max()}")
+        shared = self.features is self.embeddings
+
+        def take(value: torch.Tensor | None) -> torch.Tensor | None:
+            return None if value is None else value[idx.to(value.device)]
+
+        embeddings = take(self.embeddings)
         return replace(
             self,
-            token_indices=self.token_indices[idx],
-            positions=self.positions[:, idx],
-            embeddings=None if self.embeddings is None else self.embeddings[idx],
-            features=None if self.features is None else self.features[idx],
+            token_indices=self.token_indices[idx.to(self.token_indices.device)],
+            positions=self.positions[:, idx.to(self.positions.device)],
+            embeddings=embeddings,
+            features=embeddings if shared else take(self.features),
         )
 
 
@@ -89,15 +119,16 @@ class Evict:
 
 @dataclass(frozen=True, slots=True)
 class Prune:
-    """Tokens of an entry removed; ``keep``: [K'] long ascending local indices kept (positions unchanged)."""
+    """Tokens of an entry removed; the kept ones keep their positions."""
 
     entry_id: int
     keep: torch.Tensor
+    """[K'] long ascending local indices of the tokens kept (at least one)."""
 
 
 @dataclass(frozen=True, slots=True)
 class Pool:
-    """Entries replaced by one new (pooled) entry, which an engine must prefill afresh."""
+    """Entries replaced by one new entry (new id, changed positions) that an engine must prefill afresh."""
 
     source_ids: tuple[int, ...]
     entry: MemoryEntry
@@ -107,17 +138,19 @@ MemoryOp = Evict | Prune | Pool
 
 
 class MemoryPolicy(Protocol):
-    """What to do when the budget is reached: one operation."""
+    """What to do when the budget is exceeded: one operation."""
 
     name: str
 
     def make_room(self, entries: Sequence[MemoryEntry], budget: int, next_id: Callable[[], int]) -> list[MemoryOp]:
-        """Ops that bring the entries' total tokens to <= budget."""
+        """Ops, in order, that bring the entries' total tokens to <= budget (``next_id`` gives ids for new entries)."""
         ...
 
 
 @dataclass(frozen=True, slots=True)
 class MemoryStats:
+    """What the memory holds now and what it has done since it was created."""
+
     tokens_held: int
     entries: int
     budget: int
@@ -125,10 +158,12 @@ class MemoryStats:
     tokens_evicted: int
     tokens_pruned: int
     tokens_pooled: int
+    """Tokens removed by pooling (sources' tokens minus the pooled entry's)."""
     entries_evicted: int
     entries_archived: int
     bytes_held: int
     compactions: int
+    """Calls of the policy that changed something."""
 
 
 @dataclass(slots=True)
@@ -142,116 +177,242 @@ class _Counters:
     compactions: int = 0
 
 
+@dataclass(slots=True)
+class _State:
+    """Everything ``add`` may change, so that a failed ``add`` leaves the memory as it was."""
+
+    entries: dict[int, MemoryEntry]
+    tokens: int
+    next_id: int
+    counters: _Counters
+
+    def copy(self) -> _State:
+        return _State(dict(self.entries), self.tokens, self.next_id, replace(self.counters))
+
+
+def _concat(a: torch.Tensor | None, b: torch.Tensor | None, dim: int = 0) -> torch.Tensor | None:
+    return None if a is None or b is None else torch.cat([a, b.to(a.device)], dim=dim)
+
+
+def _merge(a: MemoryEntry, b: MemoryEntry) -> MemoryEntry:
+    """The tokens of two parts of one entry together, in token-index order."""
+    indices = torch.cat([a.token_indices, b.token_indices.to(a.token_indices.device)])  # [Ka + Kb]
+    order = torch.argsort(indices, stable=True)
+    embeddings = _concat(a.embeddings, b.embeddings)
+    features = embeddings if a.features is a.embeddings else _concat(a.features, b.features)
+    return replace(
+        a,
+        token_indices=indices[order],
+        positions=torch.cat([a.positions, b.positions.to(a.positions.device)], dim=1)[:, order],
+        embeddings=None if embeddings is None else embeddings[order.to(embeddings.device)],
+        features=None if features is None else features[order.to(features.device)],
+    )
+
+
 class VisualMemory:
-    """Entries in time order under a hard token budget."""
+    """Entries in time order under a hard token budget; ``add`` returns the ops an engine must mirror."""
 
     def __init__(self, budget_tokens: int, policy: MemoryPolicy, archive: Archive | None = None) -> None:
-        if budget_tokens < 1:
-            raise ValueError(f"budget_tokens must be >= 1, got {budget_tokens}")
+        if isinstance(budget_tokens, bool) or not isinstance(budget_tokens, int) or budget_tokens < 1:
+            raise ValueError(f"budget_tokens must be an integer >= 1, got {budget_tokens!r}")
+        if not callable(getattr(policy, "make_room", None)):
+            raise TypeError(f"policy must have a make_room(entries, budget, next_id) method, got {policy!r}")
         self.budget = budget_tokens
         self.policy = policy
         self.archive = archive
-        self._entries: dict[int, MemoryEntry] = {}
-        self._ids = itertools.count()
-        self._tokens = 0
+        self._state = _State({}, 0, 0, _Counters())
         self._round = 0
-        self._count = _Counters()
+        self._partial: set[int] = set()  # live entries whose pruned-away tokens are in the archive
 
     @property
     def entries(self) -> tuple[MemoryEntry, ...]:
-        return tuple(self._entries.values())
+        """The entries in time order."""
+        return tuple(self._state.entries.values())
 
     @property
     def tokens_held(self) -> int:
-        return self._tokens
+        return self._state.tokens
 
     @property
     def round(self) -> int:
+        """The current dialogue round (0 before the first question)."""
         return self._round
 
     def get(self, entry_id: int) -> MemoryEntry:
+        """The entry with this id; KeyError when it is not (or no longer) in memory."""
         try:
-            return self._entries[entry_id]
+            return self._state.entries[entry_id]
         except KeyError:
-            raise KeyError(f"no entry {entry_id} in memory") from None
+            raise KeyError(f"no entry {entry_id} in memory (it was never added, or was evicted or pooled)") from None
 
     def begin_round(self) -> int:
-        """A new dialogue round starts; returns its number."""
+        """A new dialogue round starts (a question was asked); returns its number."""
         self._round += 1
         return self._round
 
     def clear(self) -> None:
-        self._entries.clear()
-        self._tokens = 0
+        """Drop every entry (nothing is archived); ids, round and cumulative counters carry on."""
+        self._state.entries.clear()
+        self._state.tokens = 0
+        self._partial.clear()
 
     def add(self, entry: MemoryEntry) -> list[MemoryOp]:
-        """Insert an entry, make room if the budget is exceeded; returns the ops applied, in order."""
+        """Insert an entry (assigning its id when negative), make room when over budget; the ops applied, in order.
+
+        After it returns, tokens_held <= budget. If it raises, the memory is unchanged.
+        """
         if entry.num_tokens > self.budget:
             raise ValueError(
-                f"one step has {entry.num_tokens} tokens but the memory budget is {self.budget}; "
-                "raise the budget or lower the frame resolution (max pixels)"
+                f"one step has {entry.num_tokens} kept tokens but the memory budget is {self.budget} tokens; "
+                "raise the budget or lower the resolution (max pixels)"
             )
+        state = self._state
+        if entry.entry_id >= 0 and entry.entry_id < state.next_id:
+            raise ValueError(
+                f"entry id {entry.entry_id} is not above the last id used ({state.next_id - 1}); "
+                "ids must increase in insertion order: pass entry_id=-1 to have one assigned"
+            )
+        given_id = entry.entry_id
+        work = state.copy()
         if entry.entry_id < 0:
-            entry.entry_id = next(self._ids)
-        elif entry.entry_id in self._entries:
-            raise ValueError(f"entry {entry.entry_id} is already in memory")
-        self._entries[entry.entry_id] = entry
-        self._tokens += entry.num_tokens
-        self._count.tokens_added += entry.num_tokens
-        if self._tokens <= self.budget:
-            return []
-        ops = self.policy.make_room(self.entries, self.budget, lambda: next(self._ids))
-        for op in ops:
-            self._apply(op)
-        if self._tokens > self.budget:  # a policy fell short: evict oldest until the invariant holds
-            fallback = []
-            for e in self.entries:
-                if self._tokens - sum(self._entries[i].num_tokens for i in fallback) <= self.budget:
-                    break
-                fallback.append(e.entry_id)
-            op = Evict(tuple(fallback))
-            self._apply(op)
-            ops.append(op)
-        self._count.compactions += 1
+            entry.entry_id = work.next_id
+        work.next_id = entry.entry_id + 1
+        work.entries[entry.entry_id] = entry
+        work.tokens += entry.num_tokens
+        work.counters.tokens_added += entry.num_tokens
+        ops: list[MemoryOp] = []
+        removed: list[tuple[MemoryEntry, bool]] = []  # (content, is_whole_entry) for the archive
+        if work.tokens > self.budget:
+            try:
+                ops = self._make_room(work, removed)
+            except Exception:
+                entry.entry_id = given_id
+                raise
+        self._state = work
+        self._archive(removed)
+        self._partial.intersection_update(work.entries)  # pooled sources leave the memory unarchived
         return ops
 
-    def _apply(self, op: MemoryOp) -> None:
+    def _make_room(self, work: _State, removed: list[tuple[MemoryEntry, bool]]) -> list[MemoryOp]:
+        """Ask the policy, apply its ops to ``work``, then evict more if it fell short."""
+
+        def next_id() -> int:
+            work.next_id += 1
+            return work.next_id - 1
+
+        # 1. the policy's ops
+        ops = list(self.policy.make_room(tuple(work.entries.values()), self.budget, next_id))
+        for op in ops:
+            self._apply(work, op, removed)
+        # 2. the invariant, whatever the policy did: evict the oldest non-sink entries, then sinks
+        if work.tokens > self.budget:
+            log.warning(
+                "memory policy %s left %d tokens over a budget of %d; evicting the oldest entries",
+                getattr(self.policy, "name", type(self.policy).__name__),
+                work.tokens,
+                self.budget,
+            )
+            sinks = max(0, int(getattr(self.policy, "sink_entries", 0)))
+            ids = list(work.entries)
+            over, evict = work.tokens - self.budget, []
+            for entry_id in ids[sinks:] + ids[:sinks]:
+                if over <= 0:
+                    break
+                evict.append(entry_id)
+                over -= work.entries[entry_id].num_tokens
+            fallback = Evict(tuple(evict))
+            self._apply(work, fallback, removed)
+            ops.append(fallback)
+        if ops:
+            work.counters.compactions += 1
+        return ops
+
+    def _apply(self, work: _State, op: MemoryOp, removed: list[tuple[MemoryEntry, bool]]) -> None:
+        """Apply one op to ``work``; a malformed op raises ValueError."""
+        entries, counters = work.entries, work.counters
         if isinstance(op, Evict):
+            self._require(entries, op.entry_ids, op)
+            if len(set(op.entry_ids)) != len(op.entry_ids):
+                raise ValueError(f"{op!r} names an entry twice")
             for entry_id in op.entry_ids:
-                entry = self._entries.pop(entry_id)
-                self._tokens -= entry.num_tokens
-                self._count.tokens_evicted += entry.num_tokens
-                self._count.entries_evicted += 1
-                if self.archive is not None and entry.num_tokens:
-                    self.archive.put(entry)
-                    self._count.entries_archived += 1
+                entry = entries.pop(entry_id)
+                work.tokens -= entry.num_tokens
+                counters.tokens_evicted += entry.num_tokens
+                counters.entries_evicted += 1
+                removed.append((entry, True))
         elif isinstance(op, Prune):
-            entry = self._entries[op.entry_id]
-            kept = entry.select(op.keep)
-            self._entries[op.entry_id] = kept
-            removed = entry.num_tokens - kept.num_tokens
-            self._tokens -= removed
-            self._count.tokens_pruned += removed
+            self._require(entries, (op.entry_id,), op)
+            entry = entries[op.entry_id]
+            keep = op.keep
+            if keep.dtype != torch.long or keep.ndim != 1 or keep.numel() == 0:
+                raise ValueError(f"Prune.keep must be a non-empty [K'] long tensor (use Evict to drop all), got {keep}")
+            if keep.numel() > 1 and not bool((keep[1:] > keep[:-1]).all()):
+                raise ValueError(f"Prune.keep must be strictly ascending, got {keep.tolist()}")
+            kept = entry.select(keep)
+            dropped = torch.ones(entry.num_tokens, dtype=torch.bool)
+            dropped[keep.cpu()] = False
+            entries[op.entry_id] = kept
+            work.tokens -= entry.num_tokens - kept.num_tokens
+            counters.tokens_pruned += entry.num_tokens - kept.num_tokens
+            if dropped.any():
+                removed.append((entry.select(dropped), False))
         elif isinstance(op, Pool):
-            sources = [self._entries[i] for i in op.source_ids]
-            position = list(self._entries).index(op.source_ids[0])
-            for i in op.source_ids:
-                del self._entries[i]
-            items = list(self._entries.items())
-            items.insert(position, (op.entry.entry_id, op.entry))
-            self._entries = dict(items)
-            removed = sum(e.num_tokens for e in sources) - op.entry.num_tokens
-            self._tokens -= removed
-            self._count.tokens_pooled += removed
+            self._require(entries, op.source_ids, op)
+            sources = set(op.source_ids)
+            if not sources or len(sources) != len(op.source_ids):
+                raise ValueError(f"Pool needs distinct source ids, got {op.source_ids}")
+            new = op.entry
+            if new.entry_id < 0 or new.entry_id in entries:
+                raise ValueError(f"a pooled entry needs a fresh id from next_id(), got {new.entry_id}")
+            ids = list(entries)
+            at = min(ids.index(i) for i in op.source_ids)
+            source_tokens = sum(entries[i].num_tokens for i in op.source_ids)
+            kept_ids = [i for i in ids if i not in sources]
+            kept_ids.insert(at, new.entry_id)
+            pooled = {**entries, new.entry_id: new}
+            work.entries = {i: pooled[i] for i in kept_ids}
+            work.tokens += new.num_tokens - source_tokens
+            counters.tokens_pooled += source_tokens - new.num_tokens
         else:
-            raise TypeError(f"unknown memory op {op!r}")
+            raise TypeError(f"unknown memory op {op!r}; expected Evict, Prune or Pool")
+
+    @staticmethod
+    def _require(entries: dict[int, MemoryEntry], ids: Sequence[int], op: MemoryOp) -> None:
+        missing = [i for i in ids if i not in entries]
+        if missing:
+            raise ValueError(f"{type(op).__name__} names entries not in memory: {missing}")
+
+    def _archive(self, removed: list[tuple[MemoryEntry, bool]]) -> None:
+        """Send evicted entries and pruned-away tokens to the archive (merged per entry id)."""
+        if self.archive is None:
+            return
+        counters = self._state.counters
+        for content, whole in removed:
+            if content.num_tokens == 0:
+                continue
+            entry_id = content.entry_id
+            first = entry_id not in self._partial
+            try:
+                if not first:
+                    earlier = self.archive.get(entry_id)
+                    if earlier is not None:
+                        content = _merge(content, earlier)
+                self.archive.put(content)
+            except Exception:
+                log.exception("could not archive entry %d; its tokens are dropped", entry_id)
+                continue
+            counters.entries_archived += first
+            if whole:
+                self._partial.discard(entry_id)
+            else:
+                self._partial.add(entry_id)
 
     @property
     def stats(self) -> MemoryStats:
-        c = self._count
+        c = self._state.counters
         return MemoryStats(
-            tokens_held=self._tokens,
-            entries=len(self._entries),
+            tokens_held=self._state.tokens,
+            entries=len(self._state.entries),
             budget=self.budget,
             tokens_added=c.tokens_added,
             tokens_evicted=c.tokens_evicted,
@@ -259,7 +420,7 @@ class VisualMemory:
             tokens_pooled=c.tokens_pooled,
             entries_evicted=c.entries_evicted,
             entries_archived=c.entries_archived,
-            bytes_held=sum(e.nbytes for e in self._entries.values()),
+            bytes_held=sum(e.nbytes for e in self._state.entries.values()),
             compactions=c.compactions,
         )
 

@@ -190,7 +190,10 @@ def cmd_watch(args: argparse.Namespace) -> int:
             "end": source.end.reason if source.end else None,
         }
 
-    summary = asyncio.run(run())
+    try:
+        summary = asyncio.run(run())
+    except ValueError as exc:  # e.g. one step holds more tokens than the memory budget
+        raise CliError(str(exc)) from None
     if args.jsonl:
         print(json.dumps({"summary": summary}), flush=True)
     else:
