@@ -64,3 +64,100 @@ class PerceptionUpdate:
             "changed_fraction": round(self.changed_fraction, 4),
             "ms": {k: round(v * 1000, 2) for k, v in self.timings.items()},
         }
+
+
+@dataclass(frozen=True, slots=True)
+class SessionEvent:
+    """Base of everything a session reports: a per-session sequence number (gap-free) and the stream time."""
+
+    seq: int
+    session_id: str
+    t: float
+
+    type = "event"
+
+    def to_dict(self) -> dict[str, object]:
+        out: dict[str, object] = {"type": self.type}
+        for cls in reversed(type(self).__mro__):
+            for name in getattr(cls, "__slots__", ()):
+                value = getattr(self, name)
+                out[name] = round(value, 4) if isinstance(value, float) else value
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class FrameAccepted(SessionEvent):
+    index: int = 0
+    type = "frame_accepted"
+
+
+@dataclass(frozen=True, slots=True)
+class FrameDropped(SessionEvent):
+    reason: str = "backpressure"
+    """``backpressure`` (queue full, oldest dropped) or ``invalid`` (unusable frame)."""
+    detail: str = ""
+    type = "frame_dropped"
+
+
+@dataclass(frozen=True, slots=True)
+class PerceptionStep(SessionEvent):
+    step: int = 0
+    frames: int = 0
+    tokens: int = 0
+    kept: int = 0
+    drop_ratio: float = 0.0
+    memory_tokens: int = 0
+    lag_s: float = 0.0
+    """Wall seconds between the step's last frame arriving and the step being stored."""
+    type = "perception"
+
+
+@dataclass(frozen=True, slots=True)
+class TriggerFired(SessionEvent):
+    kind: str = "scene_change"
+    score: float = 0.0
+    instruction: str | None = None
+    type = "trigger"
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerStarted(SessionEvent):
+    answer_id: str = ""
+    kind: str = "question"
+    question: str = ""
+    type = "answer_start"
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerDeltaEvent(SessionEvent):
+    answer_id: str = ""
+    text: str = ""
+    type = "answer_delta"
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerFinished(SessionEvent):
+    answer_id: str = ""
+    kind: str = "question"
+    question: str = ""
+    text: str = ""
+    finish_reason: str = "stop"
+    ttft_s: float = 0.0
+    total_s: float = 0.0
+    cached_tokens: int = 0
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    type = "answer_done"
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorEvent(SessionEvent):
+    code: str = "error"
+    message: str = ""
+    type = "error"
+
+
+@dataclass(frozen=True, slots=True)
+class SessionClosed(SessionEvent):
+    reason: str = "closed"
+    type = "session_closed"

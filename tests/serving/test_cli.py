@@ -67,7 +67,7 @@ def test_perceive_human_output(clip) -> None:
         (["perceive", "{clip}", "--speed", "fast"], "--speed"),
         (["perceive", "{clip}", "--model", "/nonexistent/model"], "could not load model"),
         (["watch", "{clip}", "--ask", "soon:what?"], "SECONDS:question"),
-    (["watch", "{clip}", "--budget", "16", "--kv-cap", "4096"], "raise the budget"),
+        (["watch", "{clip}", "--budget", "16", "--kv-cap", "4096"], "raise the budget"),
     ],
 )
 def test_bad_input_exits_2_with_one_clear_line(clip, args: list[str], message: str) -> None:

@@ -1,0 +1,429 @@
+"""The orchestrator: many live sessions on one asyncio loop, sharing one reaction engine.
+
+Per session, three things run concurrently and never wait on each other: frames arrive into a bounded queue
+(oldest dropped under backpressure, counted), a perception task turns them into memory and decisions, and a
+reaction task answers jobs from a priority queue (user question > standing instruction > narration).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import logging
+import time
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from assistant.config import VigilConfig
+from assistant.decision import (
+    NARRATION_PROMPT,
+    InstructionMonitor,
+    SceneChangeDetector,
+    Trigger,
+    instruction_prompt,
+)
+from assistant.events import (
+    AnswerDeltaEvent,
+    AnswerFinished,
+    AnswerStarted,
+    ErrorEvent,
+    FrameAccepted,
+    FrameDropped,
+    PerceptionStep,
+    SessionClosed,
+    SessionEvent,
+    TriggerFired,
+)
+from assistant.models.base import VisionLanguageAdapter
+from assistant.reaction import AnswerDelta, AnswerDone, ReactionEngine
+from assistant.session import Session
+from assistant.sources import Frame, InvalidFrameError, as_rgb, decode_image
+
+log = logging.getLogger(__name__)
+
+PRIORITY = {"question": 0, "instruction": 1, "narration": 2, "probe": 3}
+
+
+class SessionClosedError(RuntimeError):
+    """The session no longer accepts frames or questions."""
+
+
+@dataclass(slots=True)
+class SessionOptions:
+    """What a client chooses per session on top of the config tree."""
+
+    proactive: str = "off"
+    """``off``, ``scene`` (report scene changes as triggers) or ``narrate`` (describe each scene change)."""
+    instructions: tuple[str, ...] = ()
+    frame_queue: int = 32
+    event_history: int = 10_000
+
+    def __post_init__(self) -> None:
+        if self.proactive not in ("off", "scene", "narrate"):
+            raise ValueError(f"proactive must be off, scene or narrate, got {self.proactive!r}")
+        if self.frame_queue < 1 or self.event_history < 100:
+            raise ValueError("frame_queue must be >= 1 and event_history >= 100")
+
+
+class EventLog:
+    """Per-session events with gap-free sequence numbers; subscribers can resume after any kept seq."""
+
+    def __init__(self, session_id: str, history: int) -> None:
+        self.session_id = session_id
+        self._events: deque[SessionEvent] = deque(maxlen=history)
+        self._seq = itertools.count(1)
+        self._changed = asyncio.Condition()
+        self.closed = False
+
+    @property
+    def last_seq(self) -> int:
+        return self._events[-1].seq if self._events else 0
+
+    def emit(self, cls: type[SessionEvent], t: float, **fields: Any) -> SessionEvent:
+        event = cls(next(self._seq), self.session_id, t, **fields)
+        self._events.append(event)
+        asyncio.get_running_loop().create_task(self._notify())
+        return event
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    def since(self, seq: int) -> list[SessionEvent]:
+        """Kept events after ``seq`` (oldest first)."""
+        return [e for e in self._events if e.seq > seq]
+
+    async def follow(self, after: int = 0) -> AsyncIterator[SessionEvent]:
+        """Every event after ``after``, then live ones, until the session closes."""
+        cursor = after
+        while True:
+            for event in self.since(cursor):
+                cursor = event.seq
+                yield event
+            if self.closed:
+                return
+            async with self._changed:
+                if not self.since(cursor) and not self.closed:
+                    await self._changed.wait()
+
+
+@dataclass(order=True, slots=True)
+class _Job:
+    priority: int
+    order: int
+    kind: str = field(compare=False)
+    question: str = field(compare=False)
+    t: float = field(compare=False)
+    answer_id: str = field(compare=False, default="")
+    monitor: InstructionMonitor | None = field(compare=False, default=None)
+    done: asyncio.Future | None = field(compare=False, default=None)
+
+
+class LiveSession:
+    """One live stream: frames in, events out, questions answered at any moment."""
+
+    def __init__(self, session: Session, options: SessionOptions) -> None:
+        self.session = session
+        self.session_id = session.session_id
+        self.options = options
+        self.events = EventLog(self.session_id, options.event_history)
+        self.scene = SceneChangeDetector()
+        self.monitors = [InstructionMonitor(text) for text in options.instructions]
+        self._frames: deque[tuple[Frame, float]] = deque()
+        self._frame_ready = asyncio.Event()
+        self._jobs: list[_Job] = []
+        self._job_ready = asyncio.Event()
+        self._order = itertools.count()
+        self._running: tuple[_Job, asyncio.Task] | None = None
+        self._closed = False
+        self._frame_index = 0
+        self._last_t = -1.0
+        self.frames_dropped = {"backpressure": 0, "invalid": 0}
+        self.stream_t = 0.0
+        self.processed_frames = 0
+        self.lags: deque[float] = deque(maxlen=10_000)
+        self._tasks: list[asyncio.Task] = []
+
+    # -- lifecycle -----------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        await self.session.start()
+        self._tasks = [
+            asyncio.create_task(self._perceive(), name=f"perceive-{self.session_id}"),
+            asyncio.create_task(self._react(), name=f"react-{self.session_id}"),
+        ]
+
+    async def close(self, reason: str = "closed") -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._frame_ready.set()
+        self._job_ready.set()
+        if self._running is not None:
+            self._running[1].cancel()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for job in self._jobs:
+            if job.done is not None and not job.done.done():
+                job.done.set_exception(SessionClosedError(f"session {self.session_id} closed"))
+        with contextlib.suppress(Exception):
+            await self.session.close()
+        self.events.emit(SessionClosed, self.stream_t, reason=reason)
+        self.events.closed = True
+        await self.events._notify()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # -- frames --------------------------------------------------------------------------------------------
+    def push_frame(self, image: np.ndarray | bytes, t: float | None = None) -> bool:
+        """Queue a frame (array or encoded bytes) at stream time ``t`` (default: after the previous one).
+
+        Returns False when it was rejected; the reason is reported as a FrameDropped event and counted.
+        """
+        if self._closed:
+            raise SessionClosedError(f"session {self.session_id} is closed")
+        stamp = self._last_t + 1.0 / self.session.config.perception.fps if t is None else float(t)
+        try:
+            rgb = decode_image(image) if isinstance(image, bytes | bytearray) else as_rgb(image)
+            if stamp < self._last_t:
+                raise InvalidFrameError(f"frame time {stamp:.3f} s is before the previous one ({self._last_t:.3f} s)")
+        except InvalidFrameError as exc:
+            self.frames_dropped["invalid"] += 1
+            self.events.emit(FrameDropped, stamp, reason="invalid", detail=str(exc))
+            return False
+        self._last_t = stamp
+        if len(self._frames) >= self.options.frame_queue:
+            old, _ = self._frames.popleft()
+            self.frames_dropped["backpressure"] += 1
+            self.events.emit(FrameDropped, old.t, reason="backpressure", detail=f"frame {old.index}")
+        self._frames.append((Frame(self._frame_index, stamp, rgb, self._frame_index), time.monotonic()))
+        self._frame_index += 1
+        self._frame_ready.set()
+        return True
+
+    async def _perceive(self) -> None:
+        while not self._closed:
+            if not self._frames:
+                self._frame_ready.clear()
+                await self._frame_ready.wait()
+                continue
+            frame, arrived = self._frames.popleft()
+            try:
+                update = await asyncio.to_thread(self.session.ingest, frame)
+            except Exception as exc:  # a bad frame fails alone
+                log.exception("perception failed on frame %d", frame.index)
+                self.events.emit(ErrorEvent, frame.t, code="perception_failed", message=str(exc))
+                continue
+            self.processed_frames += 1
+            self.stream_t = frame.t
+            self.events.emit(FrameAccepted, frame.t, index=frame.index)
+            if update is not None:
+                lag = time.monotonic() - arrived
+                self.lags.append(lag)
+                self.events.emit(
+                    PerceptionStep,
+                    update.t_start,
+                    step=update.step,
+                    frames=len(update.frame_indices),
+                    tokens=update.num_tokens,
+                    kept=update.num_kept,
+                    drop_ratio=update.drop_ratio,
+                    memory_tokens=self.session.memory.tokens_held,
+                    lag_s=lag,
+                )
+                self._decide(update)
+
+    # -- decisions -----------------------------------------------------------------------------------------
+    def _decide(self, update: Any) -> None:
+        trigger = self.scene.step(update)
+        if trigger is not None and self.options.proactive != "off":
+            self._fire(trigger)
+            if self.options.proactive == "narrate":
+                self._enqueue("narration", NARRATION_PROMPT, update.t_end, supersede=True)
+        for monitor in self.monitors:
+            if monitor.due(update.t_end, trigger is not None) and not self._has_job("probe", monitor):
+                self._enqueue("probe", monitor.question, update.t_end, monitor=monitor)
+
+    def _fire(self, trigger: Trigger) -> None:
+        self.events.emit(
+            TriggerFired, trigger.t, kind=trigger.kind, score=trigger.score, instruction=trigger.instruction
+        )
+
+    # -- reaction ------------------------------------------------------------------------------------------
+    def ask(self, question: str, t: float | None = None) -> tuple[str, asyncio.Future]:
+        """Queue a user question; returns its answer id and a future of the AnswerFinished event."""
+        if self._closed:
+            raise SessionClosedError(f"session {self.session_id} is closed")
+        if not question.strip():
+            raise ValueError("the question is empty")
+        running = self._running
+        if running is not None and running[0].kind in ("narration", "instruction"):
+            running[1].cancel()  # a user question does not wait for a proactive message
+        job = self._enqueue("question", question.strip(), self.stream_t if t is None else t)
+        return job.answer_id, job.done
+
+    def cancel(self, answer_id: str) -> bool:
+        """Cancel a queued or running answer; True when something was cancelled."""
+        for job in self._jobs:
+            if job.answer_id == answer_id:
+                self._jobs.remove(job)
+                heapq.heapify(self._jobs)
+                if job.done and not job.done.done():
+                    job.done.cancel()
+                return True
+        if self._running is not None and self._running[0].answer_id == answer_id:
+            self._running[1].cancel()
+            return True
+        return False
+
+    def _has_job(self, kind: str, monitor: InstructionMonitor | None = None) -> bool:
+        jobs = [*self._jobs, *([self._running[0]] if self._running else [])]
+        return any(j.kind == kind and (monitor is None or j.monitor is monitor) for j in jobs)
+
+    def _enqueue(
+        self, kind: str, question: str, t: float, *, monitor: InstructionMonitor | None = None, supersede: bool = False
+    ) -> _Job:
+        if supersede:  # a newer proactive message replaces a stale one
+            stale = [j for j in self._jobs if j.kind == kind]
+            for j in stale:
+                self._jobs.remove(j)
+            heapq.heapify(self._jobs)
+            if self._running is not None and self._running[0].kind == kind:
+                self._running[1].cancel()
+        job = _Job(
+            PRIORITY[kind],
+            next(self._order),
+            kind,
+            question,
+            t,
+            f"a{uuid.uuid4().hex[:12]}",
+            monitor,
+            asyncio.get_running_loop().create_future(),
+        )
+        heapq.heappush(self._jobs, job)
+        self._job_ready.set()
+        return job
+
+    async def _react(self) -> None:
+        while not self._closed:
+            if not self._jobs:
+                self._job_ready.clear()
+                await self._job_ready.wait()
+                continue
+            job = heapq.heappop(self._jobs)
+            task = asyncio.create_task(self._run_job(job))
+            self._running = (job, task)
+            try:
+                await asyncio.shield(task)
+            except asyncio.CancelledError:
+                if self._closed:
+                    raise
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            finally:
+                self._running = None
+
+    async def _run_job(self, job: _Job) -> None:
+        try:
+            if job.kind == "probe":
+                p = await self.session.engine.probe(self.session_id, job.question, job.t)
+                trigger = job.monitor.observe(job.t, p)
+                if trigger is not None:
+                    self._fire(trigger)
+                    self._enqueue("instruction", instruction_prompt(trigger.instruction or ""), job.t)
+                job.done.set_result(p)
+                return
+            await self._answer(job)
+        except asyncio.CancelledError:
+            self.events.emit(
+                AnswerFinished,
+                job.t,
+                answer_id=job.answer_id,
+                kind=job.kind,
+                question=job.question,
+                finish_reason="cancelled",
+            )
+            if not job.done.done():
+                job.done.cancel()
+            raise
+        except Exception as exc:
+            log.exception("reaction failed")
+            self.events.emit(ErrorEvent, job.t, code="engine_error", message=str(exc))
+            if not job.done.done():
+                job.done.set_exception(exc)
+
+    async def _answer(self, job: _Job) -> None:
+        self.events.emit(AnswerStarted, job.t, answer_id=job.answer_id, kind=job.kind, question=job.question)
+        stream = self.session.ask(job.question, job.t, kind=job.kind, remember=job.kind == "question")
+        try:
+            async for event in stream:
+                if isinstance(event, AnswerDelta):
+                    self.events.emit(AnswerDeltaEvent, job.t, answer_id=job.answer_id, text=event.text)
+                elif isinstance(event, AnswerDone):
+                    s = event.stats
+                    done = self.events.emit(
+                        AnswerFinished,
+                        job.t,
+                        answer_id=job.answer_id,
+                        kind=job.kind,
+                        question=job.question,
+                        text=event.text,
+                        finish_reason=s.finish_reason,
+                        ttft_s=s.ttft_s,
+                        total_s=s.total_s,
+                        cached_tokens=s.cached_tokens,
+                        prompt_tokens=s.prompt_tokens,
+                        generated_tokens=s.generated_tokens,
+                    )
+                    job.done.set_result(done)
+        finally:
+            await stream.aclose()
+
+
+class Orchestrator:
+    """Creates, finds and closes live sessions that share one engine."""
+
+    def __init__(self, engine: ReactionEngine, adapter: VisionLanguageAdapter | None, config: VigilConfig) -> None:
+        self.engine = engine
+        self.adapter = adapter
+        self.config = config
+        self.sessions: dict[str, LiveSession] = {}
+
+    async def create_session(
+        self, options: SessionOptions | None = None, config: VigilConfig | None = None, session_id: str | None = None
+    ) -> LiveSession:
+        sid = session_id or f"s{uuid.uuid4().hex[:16]}"
+        if sid in self.sessions:
+            raise ValueError(f"session {sid!r} already exists")
+        live = LiveSession(Session(sid, config or self.config, self.adapter, self.engine), options or SessionOptions())
+        await live.start()
+        self.sessions[sid] = live
+        return live
+
+    def get(self, session_id: str) -> LiveSession:
+        try:
+            return self.sessions[session_id]
+        except KeyError:
+            raise KeyError(f"no session {session_id!r}") from None
+
+    async def close_session(self, session_id: str, reason: str = "closed") -> None:
+        live = self.sessions.pop(session_id, None)
+        if live is None:
+            raise KeyError(f"no session {session_id!r}")
+        await live.close(reason)
+
+    async def shutdown(self) -> None:
+        for sid in list(self.sessions):
+            await self.close_session(sid, "shutdown")
+        await self.engine.shutdown()
