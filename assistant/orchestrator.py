@@ -124,6 +124,7 @@ class _Job:
     answer_id: str = field(compare=False, default="")
     monitor: InstructionMonitor | None = field(compare=False, default=None)
     done: asyncio.Future | None = field(compare=False, default=None)
+    options: dict[str, Any] = field(compare=False, default_factory=dict)
 
 
 class LiveSession:
@@ -143,6 +144,7 @@ class LiveSession:
         self._order = itertools.count()
         self._running: tuple[_Job, asyncio.Task] | None = None
         self._closed = False
+        self._busy = False
         self._frame_index = 0
         self._last_t = -1.0
         self.frames_dropped = {"backpressure": 0, "invalid": 0}
@@ -185,6 +187,17 @@ class LiveSession:
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def idle(self) -> bool:
+        """No frame waiting, no answer queued or running."""
+        return not self._frames and not self._jobs and self._running is None and not self._busy
+
+    async def wait_idle(self, timeout: float | None = None) -> None:
+        """Wait until every pushed frame is processed and every queued answer is done."""
+        async with asyncio.timeout(timeout):
+            while not self.idle:
+                await asyncio.sleep(0.01)
+
     # -- frames --------------------------------------------------------------------------------------------
     def push_frame(self, image: np.ndarray | bytes, t: float | None = None) -> bool:
         """Queue a frame (array or encoded bytes) at stream time ``t`` (default: after the previous one).
@@ -212,6 +225,11 @@ class LiveSession:
         self._frame_ready.set()
         return True
 
+    async def wait_for_room(self) -> None:
+        """Wait until the frame queue has room (lossless playback of a file, instead of dropping)."""
+        while len(self._frames) >= self.options.frame_queue and not self._closed:
+            await asyncio.sleep(0.005)
+
     async def _perceive(self) -> None:
         while not self._closed:
             if not self._frames:
@@ -219,12 +237,16 @@ class LiveSession:
                 await self._frame_ready.wait()
                 continue
             frame, arrived = self._frames.popleft()
+            self._busy = True
             try:
                 update = await asyncio.to_thread(self.session.ingest, frame)
             except Exception as exc:  # a bad frame fails alone
-                log.exception("perception failed on frame %d", frame.index)
+                log.warning("perception failed on frame %d: %s", frame.index, exc)
+                log.debug("perception failure", exc_info=True)
                 self.events.emit(ErrorEvent, frame.t, code="perception_failed", message=str(exc))
                 continue
+            finally:
+                self._busy = False
             self.processed_frames += 1
             self.stream_t = frame.t
             self.events.emit(FrameAccepted, frame.t, index=frame.index)
@@ -261,8 +283,11 @@ class LiveSession:
         )
 
     # -- reaction ------------------------------------------------------------------------------------------
-    def ask(self, question: str, t: float | None = None) -> tuple[str, asyncio.Future]:
-        """Queue a user question; returns its answer id and a future of the AnswerFinished event."""
+    def ask(self, question: str, t: float | None = None, **options: Any) -> tuple[str, asyncio.Future]:
+        """Queue a user question; returns its answer id and a future of the AnswerFinished event.
+
+        ``options`` go to the engine request (max_new_tokens, min_new_tokens, temperature).
+        """
         if self._closed:
             raise SessionClosedError(f"session {self.session_id} is closed")
         if not question.strip():
@@ -271,6 +296,7 @@ class LiveSession:
         if running is not None and running[0].kind in ("narration", "instruction"):
             running[1].cancel()  # a user question does not wait for a proactive message
         job = self._enqueue("question", question.strip(), self.stream_t if t is None else t)
+        job.options = options
         return job.answer_id, job.done
 
     def cancel(self, answer_id: str) -> bool:
@@ -358,14 +384,15 @@ class LiveSession:
                 job.done.cancel()
             raise
         except Exception as exc:
-            log.exception("reaction failed")
+            log.warning("answer %s failed: %s", job.answer_id, exc)
+            log.debug("reaction failure", exc_info=True)
             self.events.emit(ErrorEvent, job.t, code="engine_error", message=str(exc))
             if not job.done.done():
                 job.done.set_exception(exc)
 
     async def _answer(self, job: _Job) -> None:
         self.events.emit(AnswerStarted, job.t, answer_id=job.answer_id, kind=job.kind, question=job.question)
-        stream = self.session.ask(job.question, job.t, kind=job.kind, remember=job.kind == "question")
+        stream = self.session.ask(job.question, job.t, kind=job.kind, remember=job.kind == "question", **job.options)
         try:
             async for event in stream:
                 if isinstance(event, AnswerDelta):

@@ -35,6 +35,8 @@ class AnswerRequest:
     t: float
     kind: AnswerKind = "question"
     max_new_tokens: int | None = None
+    min_new_tokens: int = 0
+    """Do not stop at an end-of-answer token before this many tokens (benchmarks of long answers)."""
     temperature: float | None = None
     remember: bool = True
     """Keep the question and answer in the session's bounded text window."""

@@ -1,15 +1,13 @@
-"""Play a frame source through a session as a live stream, asking scheduled questions at their stream times."""
+"""Scheduled questions and their answers, as ``vigil watch`` and the benchmarks ask and report them."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from assistant.reaction import AnswerDelta, AnswerDone
 from assistant.session import Session
-from assistant.sources import FrameSource, aiter_frames
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,38 +79,3 @@ async def answer_one(
                 now(),
             )
     raise RuntimeError("the engine ended an answer without AnswerDone")
-
-
-async def play(
-    session: Session,
-    source: FrameSource,
-    questions: Sequence[ScheduledQuestion],
-    on_answer: Callable[[AnswerRecord], Awaitable[None] | None] | None = None,
-    on_delta: OnDelta | None = None,
-) -> list[AnswerRecord]:
-    """Feed every frame to the session; ask each question once the stream reaches its time.
-
-    Perception keeps running while answers generate; questions past the end are asked when the stream ends.
-    """
-    pending = sorted(questions, key=lambda q: q.t)
-    stream_t = 0.0
-    tasks: list[asyncio.Task[AnswerRecord]] = []
-
-    async def run(q: ScheduledQuestion) -> AnswerRecord:
-        record = await answer_one(session, q, lambda: stream_t, on_delta)
-        if on_answer is not None:
-            result = on_answer(record)
-            if asyncio.iscoroutine(result):
-                await result
-        return record
-
-    async for frame in aiter_frames(source):
-        while pending and frame.t >= pending[0].t:
-            tasks.append(asyncio.create_task(run(pending.pop(0))))
-            await asyncio.sleep(0)
-        await asyncio.to_thread(session.ingest, frame)
-        stream_t = frame.t
-    await asyncio.to_thread(session.flush)
-    for q in pending:
-        tasks.append(asyncio.create_task(run(q)))
-    return list(await asyncio.gather(*tasks))

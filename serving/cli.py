@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 log = logging.getLogger("vigil")
@@ -134,15 +135,37 @@ def make_engine(config: Any, adapter: Any) -> Any:
     raise CliError(f"engine {config.engine.kind!r} is not available in this build")
 
 
+def watch_event(event: Any) -> dict[str, Any] | None:
+    """The JSON line ``vigil watch --jsonl`` prints for a session event (None: not printed)."""
+    if event.type == "answer_done":
+        return {
+            "type": "answer",
+            "kind": event.kind,
+            "t": round(event.t, 3),
+            "question": event.question,
+            "answer": event.text,
+            "ttft_s": round(event.ttft_s, 4),
+            "total_s": round(event.total_s, 4),
+            "cached_tokens": event.cached_tokens,
+            "prompt_tokens": event.prompt_tokens,
+            "generated_tokens": event.generated_tokens,
+            "finish_reason": event.finish_reason,
+        }
+    if event.type in ("trigger", "error", "frame_dropped"):
+        return event.to_dict()
+    return None
+
+
 def cmd_watch(args: argparse.Namespace) -> int:
     import asyncio
 
-    from assistant.replay import ScheduledQuestion, play
-    from assistant.session import Session
-    from assistant.sources import SourceError, VideoFileSource
+    from assistant.orchestrator import Orchestrator, SessionOptions
+    from assistant.replay import ScheduledQuestion
+    from assistant.sources import SourceError, VideoFileSource, aiter_frames
 
     try:
-        questions = [ScheduledQuestion.parse(spec) for spec in args.ask]
+        questions = sorted((ScheduledQuestion.parse(spec) for spec in args.ask), key=lambda q: q.t)
+        options = SessionOptions(proactive=args.proactive, instructions=tuple(args.instruct))
     except ValueError as exc:
         raise CliError(str(exc)) from None
     config = build_config(args)
@@ -152,29 +175,56 @@ def cmd_watch(args: argparse.Namespace) -> int:
     except SourceError as exc:
         raise CliError(str(exc)) from None
 
-    def on_answer(record: Any) -> None:
+    failures: list[str] = []
+
+    def show(event: Any) -> None:
+        if event.type == "error" and event.code == "perception_failed":
+            failures.append(event.message)  # frames from a file are valid: a perception failure is systemic
+        line = watch_event(event)
+        if line is None:
+            return
         if args.jsonl:
-            print(json.dumps(record.as_event()), flush=True)
-        else:
+            print(json.dumps(line), flush=True)
+        elif line["type"] == "answer":
+            label = "Q: " + line["question"] if line["kind"] == "question" else f"({line['kind']})"
             print(
-                f"[{record.t:7.1f}s] Q: {record.question}\n           A: {record.answer.strip()}\n"
-                f"           (first token {record.ttft_s * 1000:.0f} ms, total {record.total_s * 1000:.0f} ms)",
+                f"[{line['t']:7.1f}s] {label}\n           A: {line['answer'].strip()}\n"
+                f"           (first token {line['ttft_s'] * 1000:.0f} ms, total {line['total_s'] * 1000:.0f} ms)",
                 flush=True,
             )
+        elif line["type"] == "trigger":
+            print(f"[{line['t']:7.1f}s] trigger: {line['kind']} {line.get('instruction') or ''}".rstrip(), flush=True)
+        else:
+            print(f"[{line['t']:7.1f}s] {line['type']}: {line.get('message') or line.get('reason')}", flush=True)
 
     async def run() -> dict[str, Any]:
-        engine = make_engine(config, adapter)
-        session = Session("watch", config, adapter, engine)
-        await session.start()
+        orchestrator = Orchestrator(make_engine(config, adapter), adapter, config)
+        live = await orchestrator.create_session(options)
+        printer = asyncio.create_task(_print_events(live, show))
         started = time.perf_counter()
+        answers = []
         try:
             with source:
-                await play(session, source, questions, on_answer=on_answer)
-            stats = session.stats()
-            engine_stats = engine.session_stats(session.session_id)
+                async with contextlib.aclosing(aiter_frames(source)) as frames:
+                    async for frame in frames:
+                        if failures:
+                            break
+                        while questions and frame.t >= questions[0].t:
+                            q = questions.pop(0)
+                            answers.append(live.ask(q.question, q.t)[1])
+                        await live.wait_for_room()
+                        live.push_frame(frame.image, t=frame.t)
+            await live.wait_idle()
+            if failures:
+                raise CliError(f"perception failed: {failures[0]}")
+            answers += [live.ask(q.question, q.t)[1] for q in questions]
+            await asyncio.gather(*answers, return_exceptions=True)
+            await live.wait_idle()
+            stats = live.session.stats()
+            engine_stats = orchestrator.engine.session_stats(live.session_id)
         finally:
-            await engine.shutdown()
-        seconds = time.perf_counter() - started
+            await orchestrator.shutdown()
+            await printer
         return {
             "frames": stats.frames,
             "steps": stats.steps,
@@ -186,7 +236,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
             "archived_entries": stats.archived_entries,
             "kv_tokens": engine_stats.kv_tokens,
             "kv_bytes": engine_stats.kv_bytes,
-            "seconds": round(seconds, 3),
+            "frames_dropped": live.frames_dropped,
+            "seconds": round(time.perf_counter() - started, 3),
             "end": source.end.reason if source.end else None,
         }
 
@@ -199,6 +250,11 @@ def cmd_watch(args: argparse.Namespace) -> int:
     else:
         print(" ".join(f"{k}={v}" for k, v in summary.items()))
     return 0
+
+
+async def _print_events(live: Any, show: Callable[[Any], None]) -> None:
+    async for event in live.events.follow():
+        show(event)
 
 
 def cmd_bench_latency(args: argparse.Namespace) -> int:
@@ -359,6 +415,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     _add_perception_args(p)
     _add_memory_args(p)
+    p.add_argument(
+        "--proactive",
+        choices=["off", "scene", "narrate"],
+        default="off",
+        help="report scene changes (scene) or describe them (narrate)",
+    )
+    p.add_argument(
+        "--instruct",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help='a standing instruction, e.g. "tell me when a person enters" (repeatable)',
+    )
     p.add_argument("--speed", default="max", help="'max' (as fast as possible), 'realtime', or a speed factor")
     p.add_argument("--jsonl", action="store_true", help="one JSON event per line, then a summary line")
     p.set_defaults(func=cmd_watch)

@@ -171,6 +171,8 @@ class HFEngine:
             try:
                 logits, prompt_tokens = await self._run(self._begin, ctx, request)
                 for _ in range(max_new):
+                    if len(ids) < request.min_new_tokens:
+                        logits[list(self._stop_ids)] = float("-inf")
                     token = self._sample(logits, temperature)
                     if token in self._stop_ids:
                         finish = "stop"

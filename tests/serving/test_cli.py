@@ -63,7 +63,7 @@ def test_perceive_human_output(clip) -> None:
         (["perceive", "/nonexistent/video.mp4"], "video file not found"),
         (["perceive", "{clip}", "--fps", "0"], "perception.fps"),
         (["perceive", "{clip}", "--drop-mode", "feature"], "no model was given"),
-        (["perceive", "{clip}", "--drop-threshold", "0.1", "--drop-ratio", "0.5"], "either threshold or drop_ratio"),
+        (["perceive", "{clip}", "--drop-threshold", "0.1", "--drop-ratio", "0.5"], "drop_ratio"),
         (["perceive", "{clip}", "--speed", "fast"], "--speed"),
         (["perceive", "{clip}", "--model", "/nonexistent/model"], "could not load model"),
         (["watch", "{clip}", "--ask", "soon:what?"], "SECONDS:question"),
