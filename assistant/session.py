@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -21,15 +22,16 @@ from memory.store import MemoryEntry, VisualMemory
 log = logging.getLogger(__name__)
 
 
-def build_archive(config: MemoryConfig) -> Archive | None:
-    """The configured long-term archive, or None."""
+def build_archive(config: MemoryConfig, session_id: str) -> Archive | None:
+    """The configured long-term archive of one session (its own directory or Redis namespace), or None."""
     if config.archive == "none":
         return None
     kwargs: dict[str, object] = {"max_entries": config.archive_max_entries}
     if config.archive == "disk":
-        kwargs["directory"] = config.archive_dir
+        kwargs["directory"] = os.path.join(config.archive_dir or ".", session_id)
     elif config.archive == "redis":
         kwargs["url"] = config.redis_url
+        kwargs["namespace"] = f"vigil:archive:{session_id}"
     return make_archive(config.archive, **kwargs)
 
 
@@ -65,7 +67,7 @@ class Session:
         self.adapter = adapter
         self.engine = engine
         self.perception = Perception.from_config(config, adapter, need_embeddings=True)
-        self.archive = archive if archive is not None else build_archive(config.memory)
+        self.archive = archive if archive is not None else build_archive(config.memory, session_id)
         self.memory = VisualMemory(config.memory.budget_tokens, make_policy(config.memory.policy), self.archive)
 
     async def start(self) -> None:
@@ -115,7 +117,12 @@ class Session:
         ids = torch.tensor(self.adapter.tokenizer(question, add_special_tokens=False).input_ids)
         query = self.adapter.embed_text(ids).float().mean(0).cpu()  # [D]
         found = []
-        for archived, _score in self.archive.search(query, k):
+        try:
+            hits = self.archive.search(query, k)
+        except ValueError as exc:  # keys of another width (e.g. pixel features): nothing to recall
+            log.debug("no recall: %s", exc)
+            return ()
+        for archived, _score in hits:
             entry = self.archive.get(archived.entry_id)
             if entry is not None and entry.embeddings is not None:
                 found.append(entry)

@@ -1,7 +1,7 @@
 """What the visual memory does when its budget is exceeded: small policy objects with one operation each.
 
-Every policy brings the memory down to a low-water mark (``target`` x budget), so that it runs once per several
-steps rather than on every step.
+Every policy brings the memory down to a low-water mark (``target`` x budget), so that it runs once per
+several steps rather than on every step.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def _hw_keys(entry: MemoryEntry) -> torch.Tensor:
 
 @dataclass(frozen=True, slots=True)
 class SinkWindowPolicy:
-    """Keep the first ``sink_entries`` entries (the visual attention sink) and the newest; evict the oldest others."""
+    """Keep the first ``sink_entries`` entries (the visual attention sink) and the newest; evict others."""
 
     sink_entries: int = 1
     target: float = 0.9
@@ -62,7 +62,7 @@ class SinkWindowPolicy:
 
 @dataclass(frozen=True, slots=True)
 class RedundancyPrunePolicy:
-    """InfiniPot-V style: prune older tokens that repeat the recent entries; keep distinct and high-norm ones."""
+    """InfiniPot-V style: prune older tokens that repeat the recent entries; keep distinct, high-norm ones."""
 
     target: float = 0.75
     recent_fraction: float = 0.25
@@ -83,8 +83,9 @@ class RedundancyPrunePolicy:
         missing = [e.entry_id for e in entries if e.vectors is None]
         if missing:
             raise ValueError(
-                f"the redundancy policy compares token vectors, but entries {missing[:8]} have neither features "
-                "nor embeddings; store features in the entries or choose the sink_window or round_pool policy"
+                f"the redundancy policy compares token vectors, but entries {missing[:8]} have neither "
+                "features nor embeddings; store features in the entries or choose the sink_window or "
+                "round_pool policy"
             )
         dims = {int(e.vectors.shape[1]) for e in entries}
         if len(dims) > 1:
@@ -93,7 +94,8 @@ class RedundancyPrunePolicy:
         n_ref = max(1, math.ceil(self.recent_fraction * len(entries)))
         old, ref = list(entries[:-n_ref]), list(entries[-n_ref:])
         ref_tokens = sum(e.num_tokens for e in ref)
-        if ref_tokens > goal:  # the reference alone is too big: drop everything older, then the oldest references
+        if ref_tokens > goal:
+            # the reference alone is too big: drop everything older, then the oldest references
             evicted = [e.entry_id for e in old]
             for e in ref[:-1]:
                 if ref_tokens <= goal:
@@ -101,12 +103,12 @@ class RedundancyPrunePolicy:
                 evicted.append(e.entry_id)
                 ref_tokens -= e.num_tokens
             return [Evict(tuple(evicted))] if evicted else []
+        evicted = [e.entry_id for e in old if not e.num_tokens]
         old = [e for e in old if e.num_tokens]
         if not old:
-            return []
+            return [Evict(tuple(evicted))] if evicted else []
         keep = self._keep_mask(old, ref, goal - ref_tokens)  # [M] over the older tokens
         ops: list[MemoryOp] = []
-        evicted = []
         offset = 0
         for e in old:
             local = keep[offset : offset + e.num_tokens]  # [K]
@@ -124,7 +126,7 @@ class RedundancyPrunePolicy:
         keys = torch.cat([_hw_keys(e).to(device) for e in old])  # [M]
         redundancy = self._redundancy(vectors, keys, ref)  # [M]
         keep = torch.zeros(vectors.shape[0], dtype=torch.bool, device=device)
-        n_distinct = min(round((1.0 - self.norm_share) * old_budget), keep.numel())
+        n_distinct = min(math.floor((1.0 - self.norm_share) * old_budget + 0.5), keep.numel())
         keep[torch.argsort(redundancy, stable=True)[:n_distinct]] = True
         n_norm = min(old_budget - n_distinct, int((~keep).sum()))
         if n_norm > 0:
@@ -134,20 +136,28 @@ class RedundancyPrunePolicy:
 
     @staticmethod
     def _redundancy(vectors: torch.Tensor, keys: torch.Tensor, ref: list[MemoryEntry]) -> torch.Tensor:
-        """[M]: mean cosine similarity to the reference tokens at the same (h, w); the max over all when none there."""
+        """[M]: mean cosine similarity to reference tokens at the same (h, w); the max over all if none."""
         device = vectors.device
         ref_unit = F.normalize(torch.cat([e.vectors.to(device).float() for e in ref]), dim=-1)  # [R, C]
         ref_keys = torch.cat([_hw_keys(e).to(device) for e in ref])  # [R]
         unit = F.normalize(vectors, dim=-1)  # [M, C]
-        out = torch.empty(vectors.shape[0], device=device)
-        for start in range(0, vectors.shape[0], _SIM_ROWS):
-            rows = slice(start, start + _SIM_ROWS)
-            sim = unit[rows] @ ref_unit.T  # [m, R]
-            same = keys[rows, None] == ref_keys[None, :]  # [m, R]
-            count = same.sum(1)  # [m]
-            mean_same = (sim * same).sum(1) / count.clamp(min=1)  # [m]
-            best = sim.max(1).values if sim.shape[1] else torch.zeros_like(mean_same)
-            out[rows] = torch.where(count > 0, mean_same, best)
+        if ref_keys.numel() == 0:
+            return torch.zeros(unit.shape[0], device=device)
+        # the mean of cosines to a position's reference tokens is the dot with their mean unit vector
+        cells, inverse = torch.unique(ref_keys, sorted=True, return_inverse=True)  # [G], [R]
+        counts = torch.zeros(cells.numel(), device=device).index_add_(
+            0, inverse, torch.ones_like(ref_keys, dtype=torch.float)
+        )
+        cell_mean = torch.zeros(cells.numel(), unit.shape[1], device=device).index_add_(0, inverse, ref_unit)
+        cell_mean /= counts[:, None]  # [G, C]
+        slot = torch.searchsorted(cells, keys).clamp(max=cells.numel() - 1)  # [M]
+        found = cells[slot] == keys  # [M]
+        out = (unit * cell_mean[slot]).sum(-1)  # [M]
+        # tokens at a position no reference token has: the best match over all reference tokens
+        missing = (~found).nonzero().squeeze(1)  # [M']
+        for start in range(0, missing.numel(), _SIM_ROWS):
+            rows = missing[start : start + _SIM_ROWS]
+            out[rows] = (unit[rows] @ ref_unit.T).max(1).values  # [m]
         return out
 
 
@@ -163,7 +173,7 @@ def _mean_by_group(
 
 
 def pool_entries(first: MemoryEntry, second: MemoryEntry, entry_id: int) -> MemoryEntry:
-    """One entry from two: tokens at the same (h, w) averaged, others kept; the first entry's t, in (h, w) order."""
+    """One entry from two: tokens at equal (h, w) averaged, others kept; the first entry's t; (h, w) order."""
     device = first.token_indices.device
     keys = torch.cat([_hw_keys(first), _hw_keys(second).to(device)])  # [Ka + Kb]
     unique, inverse = torch.unique(keys, sorted=True, return_inverse=True)  # [G], [Ka + Kb]
@@ -196,7 +206,7 @@ def pool_entries(first: MemoryEntry, second: MemoryEntry, entry_id: int) -> Memo
 
 @dataclass(frozen=True, slots=True)
 class RoundPoolPolicy:
-    """StreamBridge style: average adjacent entries of the oldest dialogue round first, so recent rounds stay sharp."""
+    """StreamBridge style: average adjacent entries, oldest dialogue round first; recent rounds stay sharp."""
 
     target: float = 0.9
     name: ClassVar[str] = "round_pool"
@@ -205,7 +215,7 @@ class RoundPoolPolicy:
         _check_target(self.target)
 
     def make_room(self, entries: Sequence[MemoryEntry], budget: int, next_id: Callable[[], int]) -> list[MemoryOp]:
-        """Pool pairs, oldest round and oldest pairs first; evict the oldest entry when nothing can be pooled."""
+        """Pool pairs, oldest round and oldest pairs first; evict the oldest entry when none can be pooled."""
         goal = _goal(self.target, budget)
         work = list(entries)
         total = sum(e.num_tokens for e in work)
@@ -221,10 +231,8 @@ class RoundPoolPolicy:
         return ops
 
     @staticmethod
-    def _pool_pass(
-        work: list[MemoryEntry], total: int, goal: int, next_id: Callable[[], int]
-    ) -> list[Pool]:
-        """One pass over the oldest round that has a poolable pair: pool disjoint adjacent pairs, oldest first."""
+    def _pool_pass(work: list[MemoryEntry], total: int, goal: int, next_id: Callable[[], int]) -> list[Pool]:
+        """One pass over the oldest round with a poolable pair: pool disjoint adjacent pairs, oldest first."""
         for rnd in sorted({e.round for e in work}):
             done: list[Pool] = []
             i = 0

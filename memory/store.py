@@ -1,7 +1,7 @@
 """The bounded visual memory: one entry per kept temporal step, under a token budget that is never exceeded.
 
-Every change the memory makes is returned as a typed operation (Evict, Prune, Pool) so that an engine can mirror
-it in its KV cache: prefill each added entry once, then apply the operations in the order they are returned.
+Every change the memory makes is returned as a typed operation (Evict, Prune, Pool) so that an engine can
+mirror it in its KV cache: prefill each added entry once, then apply the operations in the order returned.
 """
 
 from __future__ import annotations
@@ -143,7 +143,7 @@ class MemoryPolicy(Protocol):
     name: str
 
     def make_room(self, entries: Sequence[MemoryEntry], budget: int, next_id: Callable[[], int]) -> list[MemoryOp]:
-        """Ops, in order, that bring the entries' total tokens to <= budget (``next_id`` gives ids for new entries)."""
+        """Ops, in order, that bring the total tokens to <= budget (``next_id`` gives ids for new entries)."""
         ...
 
 
@@ -257,7 +257,7 @@ class VisualMemory:
         self._partial.clear()
 
     def add(self, entry: MemoryEntry) -> list[MemoryOp]:
-        """Insert an entry (assigning its id when negative), make room when over budget; the ops applied, in order.
+        """Insert an entry (assigning its id when negative), make room if over budget; the ops, in order.
 
         After it returns, tokens_held <= budget. If it raises, the memory is unchanged.
         """
@@ -313,9 +313,9 @@ class VisualMemory:
                 self.budget,
             )
             sinks = max(0, int(getattr(self.policy, "sink_entries", 0)))
-            ids = list(work.entries)
+            *older, newest = work.entries
             over, evict = work.tokens - self.budget, []
-            for entry_id in ids[sinks:] + ids[:sinks]:
+            for entry_id in [*older[sinks:], *older[:sinks], newest]:
                 if over <= 0:
                     break
                 evict.append(entry_id)

@@ -293,6 +293,44 @@ def cmd_bench_latency(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_lag(args: argparse.Namespace) -> int:
+    from evaluation.bench_lag import LagBenchConfig, format_lag_table, run_lag_bench, write_lag_outputs
+
+    try:
+        cfg = LagBenchConfig(
+            sessions=tuple(int(n) for n in args.sessions.split(",")),
+            seconds=args.seconds,
+            fps=args.fps,
+            answer_tokens=args.answer_tokens,
+        )
+    except ValueError as exc:
+        raise CliError(f"invalid benchmark options: {exc}") from None
+    if min(cfg.sessions) < 1 or cfg.seconds <= 2 or cfg.fps <= 0 or cfg.answer_tokens < 1:
+        raise CliError("--sessions are positive counts, --seconds > 2, --fps > 0, --answer-tokens >= 1")
+    adapter = load_model(
+        build_config(
+            argparse.Namespace(
+                model=args.model,
+                device=args.device,
+                dtype=args.dtype,
+                max_pixels=None,
+                min_pixels=None,
+                fps=1.0,
+                frames_per_step=None,
+                drop_mode="pixel",
+                drop_threshold=None,
+                drop_ratio=None,
+                drop_reference="last_kept",
+            )
+        )
+    )
+    result = run_lag_bench(adapter, cfg)
+    print(format_lag_table(result))
+    for path in write_lag_outputs(result, args.out):
+        print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
 def cmd_make_tiny_model(args: argparse.Namespace) -> int:
     from assistant.models.tiny import build_tiny_model
 
@@ -447,6 +485,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=16)
     p.add_argument("--out", default="out/bench-latency", help="output folder (JSON, markdown, PNG)")
     p.set_defaults(func=cmd_bench_latency)
+
+    p = bench.add_parser("lag", help="perception lag while long answers generate, several sessions")
+    p.add_argument("--model", default="tiny")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--sessions", default="1,4,8", help="concurrent session counts (comma-separated)")
+    p.add_argument("--seconds", type=float, default=20.0, help="stream length per run")
+    p.add_argument("--fps", type=float, default=2.0)
+    p.add_argument("--answer-tokens", type=int, default=64)
+    p.add_argument("--out", default="out/bench-lag")
+    p.set_defaults(func=cmd_bench_lag)
 
     p = sub.add_parser("make-tiny-model", help="write the tiny random-weight test model to a directory")
     p.add_argument("directory")

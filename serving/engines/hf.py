@@ -128,6 +128,7 @@ class HFEngine:
         gen = getattr(self.model, "generation_config", None)
         eos = getattr(gen, "eos_token_id", None) or self.tokenizer.eos_token_id
         self._stop_ids = set(eos if isinstance(eos, list) else [eos])
+        self._stop_tensor = torch.tensor(sorted(self._stop_ids), dtype=torch.long)
         text_cfg = self.model.config.text_config
         limit = int(getattr(text_cfg, "max_position_embeddings", 32768))
         self.position_limit = self.config.position_limit or int(limit * 0.9)
@@ -172,7 +173,7 @@ class HFEngine:
                 logits, prompt_tokens = await self._run(self._begin, ctx, request)
                 for _ in range(max_new):
                     if len(ids) < request.min_new_tokens:
-                        logits[list(self._stop_ids)] = float("-inf")
+                        logits = logits.index_fill(0, self._stop_tensor, float("-inf"))
                     token = self._sample(logits, temperature)
                     if token in self._stop_ids:
                         finish = "stop"

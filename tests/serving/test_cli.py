@@ -135,3 +135,15 @@ def test_bench_latency_writes_outputs(tmp_path, vigil_home) -> None:
             assert r["prompt_tokens"] < r["cached_tokens"]
     assert (tmp_path / "bench" / "latency.png").stat().st_size > 0
     assert "TTFT p50" in out.stdout
+
+
+def test_bench_lag_reports_every_session_count(tmp_path, vigil_home) -> None:
+    out = vigil(
+        "bench", "lag", "--sessions", "1,2", "--seconds", "4", "--answer-tokens", "8", "--out", str(tmp_path / "lag")
+    )
+    assert out.returncode == 0, out.stderr
+    result = json.loads((tmp_path / "lag" / "lag.json").read_text())
+    assert [r["sessions"] for r in result["runs"]] == [1, 2]
+    for r in result["runs"]:
+        assert r["answers"] >= 1 and r["frames_pushed"] == 8 * r["sessions"]
+        assert r["lag_max_s"] >= r["lag_p95_s"] >= r["lag_p50_s"] >= 0

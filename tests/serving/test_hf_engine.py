@@ -90,6 +90,47 @@ def test_question_rollback_leaves_cache_byte_identical(tiny_adapter) -> None:
     asyncio.run(run())
 
 
+def test_recalled_archive_entries_join_the_answer_only(tiny_adapter) -> None:
+    async def run() -> None:
+        config = VigilConfig(
+            memory={"budget_tokens": 120, "archive": "memory", "recall": 2},
+            engine={"max_new_tokens": 4, "kv_cap_tokens": 2048},
+        )
+        engine = HFEngine(tiny_adapter, config.engine)
+        session = Session("s", config, tiny_adapter, engine)
+        await session.start()
+        for update in _updates(tiny_adapter, 40):
+            session.remember(update)
+        await engine.sync("s")
+        assert session.stats().archived_entries > 2
+        length = engine._sessions["s"].kv.length
+        done = None
+        async for event in session.ask("what happened at the start?", 80.0, remember=False):
+            done = event
+        assert done.stats.retrieved_entries == 2 and done.stats.prompt_tokens > 20
+        assert engine._sessions["s"].kv.length == length  # recalled entries were rolled back with the question
+        await engine.shutdown()
+
+    asyncio.run(run())
+
+
+def test_min_new_tokens_forces_long_answers(tiny_adapter) -> None:
+    async def run() -> None:
+        engine = HFEngine(tiny_adapter, _config().engine)
+        session = Session("s", _config(), tiny_adapter, engine)
+        await session.start()
+        for update in _updates(tiny_adapter, 4):
+            session.remember(update)
+        done = None
+        async for event in session.ask("go on", 8.0, max_new_tokens=40, min_new_tokens=40):
+            done = event
+        assert isinstance(done, AnswerDone) and done.stats.generated_tokens == 40
+        assert done.stats.finish_reason == "length"
+        await engine.shutdown()
+
+    asyncio.run(run())
+
+
 def test_text_window_keeps_dialogue_bounded(tiny_adapter) -> None:
     async def run() -> None:
         config = _config(text_window_tokens=64)
