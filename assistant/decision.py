@@ -26,21 +26,25 @@ class Trigger:
 
 @dataclass(slots=True)
 class SceneChangeDetector:
-    """Fires when the kept share of a step jumps far above its running baseline (a valley in the drop ratio).
+    """Fires when a step changes far more than the steps before it: a valley in the drop ratio, or a spike in
+    the mean change of its tokens (which still shows a cut under camera motion, when nearly all tokens are kept).
 
-    The baseline is an exponential moving average of the kept share over ordinary steps; a step fires when its
-    kept share exceeds the baseline by ``sensitivity`` (and at least ``min_kept``), the detector is armed, and the
-    cooldown since the last trigger has passed. It re-arms once the kept share falls back below
-    baseline + sensitivity * ``rearm``.
+    Baselines are exponential moving averages over ordinary steps. A step fires when the detector is armed, the
+    cooldown since the last trigger has passed, and either its kept share exceeds the baseline by
+    ``sensitivity`` (and is at least ``min_kept``) or its mean change is ``change_ratio`` times the baseline (and
+    at least ``min_change``). It re-arms once the step looks ordinary again.
     """
 
     sensitivity: float = 0.35
     min_kept: float = 0.5
+    change_ratio: float = 2.5
+    min_change: float = 0.1
     cooldown_s: float = 2.0
     rearm: float = 0.5
     alpha: float = 0.2
     warmup_steps: int = 2
     _baseline: float | None = field(default=None, init=False)
+    _change_baseline: float | None = field(default=None, init=False)
     _armed: bool = field(default=True, init=False)
     _last_fire: float = field(default=-1e9, init=False)
     _steps: int = field(default=0, init=False)
@@ -55,6 +59,10 @@ class SceneChangeDetector:
             value = getattr(self, name)
             if not low < value <= high:
                 raise ValueError(f"{name} must be in ({low:g}, {high:g}], got {value}")
+        if self.change_ratio <= 1.0 or self.min_change < 0:
+            raise ValueError(
+                f"change_ratio must be > 1 and min_change >= 0, got {self.change_ratio}, {self.min_change}"
+            )
         if self.cooldown_s < 0 or self.warmup_steps < 0:
             raise ValueError("cooldown_s and warmup_steps must be >= 0")
 
@@ -64,25 +72,33 @@ class SceneChangeDetector:
         if update.reset:  # the first step keeps everything by construction: no evidence of a change
             return None
         kept = 1.0 - update.drop_ratio
-        if self._baseline is None:
-            self._baseline = kept
+        change = update.mean_change
+        if self._baseline is None or self._change_baseline is None:
+            self._baseline, self._change_baseline = kept, change
             return None
         excess = kept - self._baseline
+        spike = change / max(self._change_baseline, 1e-6)
+        valley = excess >= self.sensitivity and kept >= self.min_kept
+        jump = spike >= self.change_ratio and change >= self.min_change
         fired = None
         if (
             self._armed
             and self._steps > self.warmup_steps
-            and excess >= self.sensitivity
-            and kept >= self.min_kept
+            and (valley or jump)
             and update.t_start - self._last_fire >= self.cooldown_s
         ):
-            fired = Trigger("scene_change", update.t_start, excess)
+            fired = Trigger("scene_change", update.t_start, max(excess, spike / self.change_ratio * self.sensitivity))
             self._armed = False
             self._last_fire = update.t_start
-        elif not self._armed and excess < self.sensitivity * self.rearm:
+        elif (
+            not self._armed
+            and excess < self.sensitivity * self.rearm
+            and spike < 1 + (self.change_ratio - 1) * self.rearm
+        ):
             self._armed = True
-        if excess < self.sensitivity:  # valleys do not drag the baseline
+        if not (valley or jump):  # outliers do not drag the baselines
             self._baseline += self.alpha * (kept - self._baseline)
+            self._change_baseline += self.alpha * (change - self._change_baseline)
         return fired
 
 

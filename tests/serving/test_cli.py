@@ -147,3 +147,13 @@ def test_bench_lag_reports_every_session_count(tmp_path, vigil_home) -> None:
     for r in result["runs"]:
         assert r["answers"] >= 1 and r["frames_pushed"] == 8 * r["sessions"]
         assert r["lag_max_s"] >= r["lag_p95_s"] >= r["lag_p50_s"] >= 0
+
+
+def test_bench_scene_scores_a_clip(clip, tmp_path) -> None:
+    out = vigil("bench", "scene", str(clip[0]), "--fps", "4", "--out", str(tmp_path / "scene"))
+    assert out.returncode == 0, out.stderr
+    result = json.loads((tmp_path / "scene" / "scene.json").read_text())
+    assert result["cut_times"] == pytest.approx(clip[1])  # measured from the frames
+    best = result["scores"][0]
+    assert best["tolerance_s"] == 0.5 and best["f1"] == 1.0 and best["false_alarms_per_min"] == 0.0
+    assert vigil("bench", "scene", "/nonexistent.mp4").returncode == 2
