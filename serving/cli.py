@@ -538,6 +538,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="folder for scene.json and scene.md")
     p.set_defaults(func=cmd_bench_scene)
 
+    from evaluation.cli import register as register_eval
+
+    register_eval(sub)
+
     p = sub.add_parser("make-tiny-model", help="write the tiny random-weight test model to a directory")
     p.add_argument("directory")
     p.add_argument("--seed", type=int, default=0)
