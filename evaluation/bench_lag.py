@@ -8,18 +8,15 @@ wall-clock time since the stream started minus the stream time of the newest pro
 from __future__ import annotations
 
 import asyncio
-import json
-import math
-import os
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from assistant.config import VigilConfig
 from assistant.orchestrator import LiveSession, Orchestrator, SessionOptions
+from evaluation.report import percentile
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,11 +32,6 @@ class LagBenchConfig:
 def _scene_frame(session: int, k: int, size: int, fps: float) -> np.ndarray:
     rng = np.random.default_rng(1000 * session + int(k / fps) // 5)  # a new scene every 5 s
     return rng.integers(0, 256, (size, size, 3), np.uint8)
-
-
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))] if ordered else 0.0
 
 
 async def _feed(live: LiveSession, index: int, cfg: LagBenchConfig, start: float) -> None:
@@ -98,8 +90,8 @@ async def run_lag(adapter: Any, sessions: int, cfg: LagBenchConfig) -> dict[str,
     await orch.shutdown()
     return {
         "sessions": sessions,
-        "lag_p50_s": _percentile(lags, 0.5),
-        "lag_p95_s": _percentile(lags, 0.95),
+        "lag_p50_s": percentile(lags, 0.5),
+        "lag_p95_s": percentile(lags, 0.95),
         "lag_max_s": max(lags, default=0.0),
         "samples_during_generation": len(lags),
         "answers": sum(answers),
@@ -127,12 +119,3 @@ def format_lag_table(result: dict[str, Any]) -> str:
             f"| {r['answers']} | {r['frames_dropped']} / {r['frames_pushed']} |"
         )
     return "\n".join(lines)
-
-
-def write_lag_outputs(result: dict[str, Any], out_dir: str | os.PathLike) -> list[Path]:
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = [out / "lag.json", out / "lag.md"]
-    paths[0].write_text(json.dumps(result, indent=2))
-    paths[1].write_text(format_lag_table(result) + "\n")
-    return paths

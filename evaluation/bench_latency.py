@@ -8,8 +8,6 @@ engine re-prefills the whole visible context for every question, as TimeChat-Onl
 from __future__ import annotations
 
 import asyncio
-import json
-import math
 import os
 import statistics
 from collections.abc import Iterator
@@ -24,6 +22,7 @@ from assistant.events import PerceptionUpdate
 from assistant.models.preprocess import vision_positions
 from assistant.replay import ScheduledQuestion, answer_one
 from assistant.session import Session
+from evaluation.report import percentile, write_report
 
 QUESTIONS = (
     "What is happening right now?",
@@ -64,19 +63,15 @@ class StreamRun:
     ingest_seconds: float = 0.0
     steps: int = 0
 
-    def percentile(self, values: list[float], q: float) -> float:
-        ordered = sorted(values)
-        return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
-
     def summary(self) -> dict[str, Any]:
         return {
             "minutes": self.minutes,
             "mode": self.mode,
             "steps": self.steps,
             "ttft_p50_s": statistics.median(self.ttft_s),
-            "ttft_p95_s": self.percentile(self.ttft_s, 0.95),
+            "ttft_p95_s": percentile(self.ttft_s, 0.95),
             "total_p50_s": statistics.median(self.total_s),
-            "total_p95_s": self.percentile(self.total_s, 0.95),
+            "total_p95_s": percentile(self.total_s, 0.95),
             "prompt_tokens": statistics.median(self.prompt_tokens),
             "cached_tokens": statistics.median(self.cached_tokens),
             "ingest_seconds": self.ingest_seconds,
@@ -228,12 +223,9 @@ def format_table(result: dict[str, Any]) -> str:
 
 
 def write_outputs(result: dict[str, Any], out_dir: str | os.PathLike) -> list[Path]:
-    """result.json, result.md and latency.png (when matplotlib is installed) in ``out_dir``."""
+    """latency.json, latency.md and latency.png (when matplotlib is installed) in ``out_dir``."""
+    paths = write_report(out_dir, "latency", result, format_table(result))
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = [out / "latency.json", out / "latency.md"]
-    paths[0].write_text(json.dumps(result, indent=2))
-    paths[1].write_text(format_table(result) + "\n")
     try:
         import matplotlib
 

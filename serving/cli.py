@@ -258,6 +258,19 @@ async def _print_events(live: Any, show: Callable[[Any], None]) -> None:
         show(event)
 
 
+def _bench_model(args: argparse.Namespace) -> Any:
+    """The model a benchmark runs: a checkpoint (--model) or a real-size random-weight architecture (--arch)."""
+    from assistant.models import ModelLoadError, load_adapter
+    from assistant.models.presets import build_random_adapter
+
+    try:
+        if getattr(args, "arch", None):
+            return build_random_adapter(args.arch, device=args.device, dtype=args.dtype)
+        return load_adapter(args.model, device=args.device, dtype=args.dtype)
+    except (ModelLoadError, ValueError) as exc:
+        raise CliError(str(exc)) from None
+
+
 def cmd_bench_latency(args: argparse.Namespace) -> int:
     from evaluation.bench_latency import LatencyBenchConfig, format_table, run_latency_bench, write_outputs
 
@@ -277,16 +290,7 @@ def cmd_bench_latency(args: argparse.Namespace) -> int:
         raise CliError(f"invalid benchmark options: {exc}") from None
     if len(cfg.grid) != 2 or min(cfg.minutes) <= 0 or not 0 < cfg.keep_ratio <= 1:
         raise CliError("--grid is ROWSxCOLS, --minutes positive, --keep-ratio in (0, 1]")
-    from assistant.models import ModelLoadError, load_adapter
-    from assistant.models.presets import build_random_adapter
-
-    try:
-        if args.arch:
-            adapter = build_random_adapter(args.arch, device=args.device, dtype=args.dtype)
-        else:
-            adapter = load_adapter(args.model, device=args.device, dtype=args.dtype)
-    except (ModelLoadError, ValueError) as exc:
-        raise CliError(str(exc)) from None
+    adapter = _bench_model(args)
     result = run_latency_bench(adapter, cfg)
     print(format_table(result))
     for path in write_outputs(result, args.out):
@@ -295,7 +299,8 @@ def cmd_bench_latency(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_lag(args: argparse.Namespace) -> int:
-    from evaluation.bench_lag import LagBenchConfig, format_lag_table, run_lag_bench, write_lag_outputs
+    from evaluation.bench_lag import LagBenchConfig, format_lag_table, run_lag_bench
+    from evaluation.report import write_report
 
     try:
         cfg = LagBenchConfig(
@@ -308,26 +313,10 @@ def cmd_bench_lag(args: argparse.Namespace) -> int:
         raise CliError(f"invalid benchmark options: {exc}") from None
     if min(cfg.sessions) < 1 or cfg.seconds <= 2 or cfg.fps <= 0 or cfg.answer_tokens < 1:
         raise CliError("--sessions are positive counts, --seconds > 2, --fps > 0, --answer-tokens >= 1")
-    adapter = load_model(
-        build_config(
-            argparse.Namespace(
-                model=args.model,
-                device=args.device,
-                dtype=args.dtype,
-                max_pixels=None,
-                min_pixels=None,
-                fps=1.0,
-                frames_per_step=None,
-                drop_mode="pixel",
-                drop_threshold=None,
-                drop_ratio=None,
-                drop_reference="last_kept",
-            )
-        )
-    )
+    adapter = _bench_model(args)
     result = run_lag_bench(adapter, cfg)
     print(format_lag_table(result))
-    for path in write_lag_outputs(result, args.out):
+    for path in write_report(args.out, "lag", result, format_lag_table(result)):
         print(f"wrote {path}", file=sys.stderr)
     return 0
 
@@ -337,6 +326,7 @@ def cmd_bench_scene(args: argparse.Namespace) -> int:
     import tempfile
 
     from evaluation.bench_scene import format_scene_table, run_scene_bench, splice_clips
+    from evaluation.report import write_report
 
     video = args.video
     if not video:
@@ -352,10 +342,7 @@ def cmd_bench_scene(args: argparse.Namespace) -> int:
     result = run_scene_bench(video, fps=args.fps, frames_per_step=args.frames_per_step, cut_times=cuts)
     print(format_scene_table(result))
     if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "scene.json").write_text(json.dumps(dataclasses.asdict(result), indent=2))
-        (out / "scene.md").write_text(format_scene_table(result) + "\n")
+        write_report(args.out, "scene", dataclasses.asdict(result), format_scene_table(result))
     return 0
 
 
