@@ -194,3 +194,28 @@ def test_narration_speaks_up_at_scene_cuts(tiny_adapter, tmp_path) -> None:
         assert narrations and all(e.t >= 4.0 for e in narrations)
 
     run(main())
+
+
+def test_standing_instruction_probes_and_answers_once(tiny_adapter) -> None:
+    from assistant.decision import InstructionMonitor
+
+    async def main() -> None:
+        config = _config()
+        orch = Orchestrator(HFEngine(tiny_adapter, config.engine), tiny_adapter, config)
+        live = await orch.create_session(SessionOptions(instructions=("tell me when a red car appears",)))
+        assert [m.instruction for m in live.monitors] == ["tell me when a red car appears"]
+        # a threshold any P(yes) from the random model passes: the rising edge fires exactly once
+        live.monitors = [InstructionMonitor("tell me when a red car appears", interval_s=1.0, on=1e-6, off=0.0)]
+        for i in range(12):
+            live.push_frame(_frame(i), t=i * 0.5)
+        await _settle(live, 12)
+        await live.wait_idle(timeout=60)
+        await orch.shutdown()
+        events = live.events.since(0)
+        triggers = [e for e in events if e.type == "trigger"]
+        assert len(triggers) == 1 and triggers[0].kind == "instruction"
+        assert triggers[0].instruction == "tell me when a red car appears"
+        answers = [e for e in events if e.type == "answer_done" and e.kind == "instruction"]
+        assert len(answers) == 1 and answers[0].t >= triggers[0].t
+
+    run(main())
