@@ -48,7 +48,7 @@ from assistant.sources import Frame, InvalidFrameError, as_rgb, decode_image
 
 log = logging.getLogger(__name__)
 
-PRIORITY = {"question": 0, "instruction": 1, "narration": 2, "probe": 3}
+PRIORITY = {"question": 0, "instruction": 1, "narration": 2, "probe": 3, "sync": 4}
 
 
 class SessionClosedError(RuntimeError):
@@ -265,6 +265,8 @@ class LiveSession:
                     lag_s=lag,
                 )
                 self._decide(update)
+                if not self._has_job("sync"):  # prefill new memory while idle: the next question pays only for itself
+                    self._enqueue("sync", "", update.t_end)
 
     # -- decisions -----------------------------------------------------------------------------------------
     def _decide(self, update: Any) -> None:
@@ -362,6 +364,9 @@ class LiveSession:
 
     async def _run_job(self, job: _Job) -> None:
         try:
+            if job.kind == "sync":
+                job.done.set_result(await self.session.engine.sync(self.session_id))
+                return
             if job.kind == "probe":
                 p = await self.session.engine.probe(self.session_id, job.question, job.t)
                 trigger = job.monitor.observe(job.t, p)
@@ -372,14 +377,15 @@ class LiveSession:
                 return
             await self._answer(job)
         except asyncio.CancelledError:
-            self.events.emit(
-                AnswerFinished,
-                job.t,
-                answer_id=job.answer_id,
-                kind=job.kind,
-                question=job.question,
-                finish_reason="cancelled",
-            )
+            if job.kind not in ("sync", "probe"):
+                self.events.emit(
+                    AnswerFinished,
+                    job.t,
+                    answer_id=job.answer_id,
+                    kind=job.kind,
+                    question=job.question,
+                    finish_reason="cancelled",
+                )
             if not job.done.done():
                 job.done.cancel()
             raise

@@ -98,11 +98,15 @@ def build_config(args: argparse.Namespace) -> Any:
 def load_model(config: Any) -> Any:
     """Load the configured adapter, turning load failures into CliError."""
     from assistant.models import ModelLoadError, load_adapter
+    from assistant.models.tiny import is_tiny_model
 
     try:
-        return load_adapter(config.model.name, device=config.model.device, dtype=config.model.dtype)
+        adapter = load_adapter(config.model.name, device=config.model.device, dtype=config.model.dtype)
     except (ModelLoadError, ValueError) as exc:
         raise CliError(str(exc)) from None
+    if is_tiny_model(adapter.name):
+        print("vigil: note: the tiny test model has random weights; its answers are noise", file=sys.stderr)
+    return adapter
 
 
 def _add_memory_args(p: argparse.ArgumentParser) -> None:
@@ -221,6 +225,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
             answers += [live.ask(q.question, q.t)[1] for q in questions]
             await asyncio.gather(*answers, return_exceptions=True)
             await live.wait_idle()
+            await orchestrator.engine.sync(live.session_id)
             stats = live.session.stats()
             engine_stats = orchestrator.engine.session_stats(live.session_id)
         finally:
