@@ -398,7 +398,8 @@ class LiveSession:
 
     async def _answer(self, job: _Job) -> None:
         self.events.emit(AnswerStarted, job.t, answer_id=job.answer_id, kind=job.kind, question=job.question)
-        stream = self.session.ask(job.question, job.t, kind=job.kind, remember=job.kind == "question", **job.options)
+        options = {"remember": job.kind == "question", **job.options}
+        stream = self.session.ask(job.question, job.t, kind=job.kind, **options)
         try:
             async for event in stream:
                 if isinstance(event, AnswerDelta):

@@ -91,6 +91,8 @@ class EngineSessionStats:
     pending_changes: int
     consolidations: int
     engine_evictions: int
+    prefilled_tokens: int = 0
+    """Tokens run through the model for this session so far (memory, questions, answers)."""
 
 
 class EngineError(RuntimeError):

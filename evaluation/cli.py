@@ -11,6 +11,7 @@ Problems with the input (missing file, not JSON, wrong format) print one line to
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import re
@@ -181,8 +182,116 @@ def _sb_score(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------------------------------
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the ``eval`` command (OVO-Bench and StreamingBench statistics and scoring)."""
+RunnerSetup = Callable[[argparse.Namespace], tuple[Any, Any, Any]]
+"""From parsed options: (model adapter, VigilConfig, engine factory) for benchmark runs."""
+
+
+def _run_queries(args: argparse.Namespace, setup: RunnerSetup, queries: list[Any], name: str) -> tuple[dict, Any]:
+    from tqdm import tqdm
+
+    from evaluation.runner import run
+
+    adapter, config, make_engine = setup(args)
+    with tqdm(total=len(queries), unit="query", desc=f"{name} {args.mode}", file=sys.stderr) as bar:
+        answers, report = run(
+            queries,
+            adapter=adapter,
+            config=config,
+            make_engine=make_engine,
+            mode=args.mode,
+            out_dir=args.out,
+            skip_missing=args.skip_missing,
+            max_new_tokens=args.max_new_tokens,
+            progress=bar.update,
+        )
+    print(
+        f"{report.answered} answered now, {report.skipped_done} from an earlier run; "
+        f"{len(report.missing_videos)} missing and {len(report.failed_videos)} failed video(s)"
+    )
+    print(
+        f"prefilled tokens: {report.prefill_tokens}; {report.seconds:.1f} s for {report.stream_seconds:.1f} s of "
+        f"video ({report.seconds_per_video_minute:.1f} s per video minute)"
+    )
+    return answers, report
+
+
+def _limit(items: list[Any], n: int | None) -> list[Any]:
+    return items if n is None else items[:n]
+
+
+def _ovo_run(setup: RunnerSetup) -> Handler:
+    @_guarded
+    def run_ovo(args: argparse.Namespace) -> int:
+        from evaluation.runner import RunQuery
+
+        items = _limit(ovo_bench.load_annotations(args.anno), args.limit)
+        queries = ovo_bench.expand_queries(items)
+        runs = [RunQuery(q.key, q.video_path(args.videos), q.ask_time, q.prompt) for q in queries]
+        answers, report = _run_queries(args, setup, runs, "ovo")
+        answered = [(q, answers[q.key]) for q in queries if q.key in answers]
+        path = ovo_bench.write_official(Path(args.out) / f"vigil_ovo_{args.mode}.json", answered)
+        score = ovo_bench.score_results(ovo_bench.load_results(path))
+        print(f"wrote {path}; Total Avg. (mean of category scores): {_pct(score.total)}")
+        _write_json(
+            str(Path(args.out) / f"report_{args.mode}.json"), {**dataclasses.asdict(report), "scores": score.as_dict()}
+        )
+        return 0
+
+    return run_ovo
+
+
+def _sb_run(setup: RunnerSetup) -> Handler:
+    @_guarded
+    def run_sb(args: argparse.Namespace) -> int:
+        from evaluation.runner import RunQuery
+
+        questions = [q for path in args.anno for q in streamingbench.load_questions(path, args.kind)]
+        proactive = [q for q in questions if q.is_proactive]
+        if proactive:
+            print(f"{len(proactive)} Proactive Output question(s) are not run by this command", file=sys.stderr)
+        questions = _limit([q for q in questions if not q.is_proactive], args.limit)
+        earlier: dict[str, list[Any]] = {}
+        runs = []
+        for q in sorted(questions, key=lambda q: (q.video_path, q.ask_time)):
+            previous = earlier.setdefault(q.video_path, [])
+            runs.append(RunQuery(q.key, Path(args.videos) / q.video_path, q.ask_time, q.prompt(previous)))
+            previous.append(q)
+        answers, report = _run_queries(args, setup, runs, "streamingbench")
+        records = [streamingbench.result_record(q, answers[q.key]) for q in questions if q.key in answers]
+        path = streamingbench.write_results(Path(args.out) / f"vigil_streamingbench_{args.mode}.jsonl", records)
+        score = streamingbench.score_results(streamingbench.load_results(path))
+        overall = ", ".join(f"{kind} {_pct(a.accuracy)}" for kind, a in score.kinds.items())
+        print(f"wrote {path}; accuracy: {overall or 'none'}")
+        _write_json(
+            str(Path(args.out) / f"report_{args.mode}.json"), {**dataclasses.asdict(report), "scores": score.as_dict()}
+        )
+        return 0
+
+    return run_sb
+
+
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--videos", required=True, help="folder the annotation's video paths are relative to")
+    p.add_argument(
+        "--mode",
+        choices=["replay", "live"],
+        default="live",
+        help="replay: a fresh session per question; live: one pass per video, memory reused",
+    )
+    p.add_argument("--out", required=True, help="output folder (answers.jsonl makes runs resumable)")
+    p.add_argument("--skip-missing", action="store_true", help="report and skip missing videos")
+    p.add_argument("--limit", type=int, default=None, help="only the first N items")
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--model", default="tiny", help="Hugging Face id, local checkpoint, or tiny")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--fps", type=float, default=1.0, help="frames sampled per second")
+    p.add_argument("--engine", choices=["hf"], default="hf")
+    p.add_argument("--budget", type=int, default=8192, help="memory budget in visual tokens")
+
+
+def register(subparsers: argparse._SubParsersAction, setup: RunnerSetup | None = None) -> None:
+    """Add the ``eval`` command (statistics, official scoring, and runs when ``setup`` provides a model)."""
     ev = subparsers.add_parser("eval", help="benchmark statistics and official scoring")
     benches = ev.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
 
@@ -191,16 +300,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--anno", required=True, help="annotation file (e.g. ovo_bench_new.json)")
     p.set_defaults(func=_ovo_stats)
     p = ovo.add_parser("score", help="score official-format result files as the benchmark's scorer does")
-    p.add_argument(
-        "paths", nargs="+", metavar="FILE_OR_DIR", help="result files, or folders of them (merged)"
-    )
+    p.add_argument("paths", nargs="+", metavar="FILE_OR_DIR", help="result files, or folders of them (merged)")
     p.add_argument("--strict", action="store_true", help="strict answer parsing (labelled, not official)")
     p.add_argument("--json", metavar="OUT", help="also write the scores as JSON")
     p.set_defaults(func=_ovo_score)
+    if setup is not None:
+        p = ovo.add_parser("run", help="answer every query through Vigil sessions; official result format")
+        p.add_argument("--anno", required=True, help="annotation file (ovo_bench_new.json)")
+        _add_run_args(p)
+        p.set_defaults(func=_ovo_run(setup))
 
-    sb = benches.add_parser("streamingbench", help="StreamingBench").add_subparsers(
-        dest="action", required=True
-    )
+    sb = benches.add_parser("streamingbench", help="StreamingBench").add_subparsers(dest="action", required=True)
     p = sb.add_parser("stats", help="questions per kind and task type")
     p.add_argument("--anno", required=True, nargs="+", metavar="FILE", help="questions_*.json files")
     p.add_argument("--kind", choices=streamingbench.KINDS, help="file kind when the name does not say it")
@@ -211,3 +321,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--strict", action="store_true", help="strict answer parsing (labelled, not official)")
     p.add_argument("--json", metavar="OUT", help="also write the scores as JSON")
     p.set_defaults(func=_sb_score)
+    if setup is not None:
+        p = sb.add_parser("run", help="answer the multiple-choice questions through Vigil sessions")
+        p.add_argument("--anno", required=True, nargs="+", metavar="FILE", help="questions_*.json files")
+        p.add_argument("--kind", choices=streamingbench.KINDS, help="file kind when the name does not say it")
+        _add_run_args(p)
+        p.set_defaults(func=_sb_run(setup))

@@ -351,6 +351,40 @@ def cmd_bench_scene(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_setup(args: argparse.Namespace) -> tuple[Any, Any, Any]:
+    """Model, config and engine factory for ``vigil eval ... run``."""
+    config = build_config(
+        argparse.Namespace(
+            model=args.model,
+            device=args.device,
+            dtype=args.dtype,
+            max_pixels=None,
+            min_pixels=None,
+            fps=args.fps,
+            frames_per_step=None,
+            drop_mode="feature",
+            drop_threshold=None,
+            drop_ratio=None,
+            drop_reference="last_kept",
+            budget=args.budget,
+            policy="sink_window",
+            archive="none",
+            archive_dir=None,
+            redis_url=None,
+            recall=0,
+            engine=args.engine,
+            max_new_tokens=args.max_new_tokens,
+            kv_cap=None,
+        )
+    )
+    adapter = load_model(config)
+    return (
+        adapter,
+        config,
+        lambda engine_config: make_engine(config.model_copy(update={"engine": engine_config}), adapter),
+    )
+
+
 def cmd_make_tiny_model(args: argparse.Namespace) -> int:
     from assistant.models.tiny import build_tiny_model
 
@@ -532,7 +566,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from evaluation.cli import register as register_eval
 
-    register_eval(sub)
+    register_eval(sub, setup=_eval_setup)
 
     p = sub.add_parser("make-tiny-model", help="write the tiny random-weight test model to a directory")
     p.add_argument("directory")

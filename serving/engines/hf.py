@@ -110,6 +110,7 @@ class _SessionContext:
     request_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     consolidations: int = 0
     engine_evictions: int = 0
+    prefilled_tokens: int = 0
     next_text_id: int = 0
     temp_cursor: int = 0
 
@@ -225,6 +226,7 @@ class HFEngine:
             pending_changes=len(ctx.pending),
             consolidations=ctx.consolidations,
             engine_evictions=ctx.engine_evictions,
+            prefilled_tokens=ctx.prefilled_tokens,
         )
 
     async def shutdown(self) -> None:
@@ -265,6 +267,7 @@ class HFEngine:
     def _forward(self, ctx: _SessionContext, embeds: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         # embeds: [n, D]; positions: [3, n] -> logits of the last token [V]
         lm = self.model.model.language_model
+        ctx.prefilled_tokens += embeds.shape[0]
         out = lm(
             inputs_embeds=embeds.unsqueeze(0),
             position_ids=positions.unsqueeze(1).to(embeds.device),

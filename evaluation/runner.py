@@ -1,0 +1,188 @@
+"""Run a benchmark's questions against videos through live sessions, in replay or live mode.
+
+- *replay*: every question gets a fresh session that watches the video up to the question's time (the
+  protocol of the published numbers; memory is rebuilt for every question).
+- *live*: each video is played once through one session and every question is asked when the stream reaches
+  its time, reusing the memory (questions are not kept in the dialogue, so they do not influence each other).
+
+Answers are appended to ``answers.jsonl`` as they come, so an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from assistant.config import EngineConfig, VigilConfig
+from assistant.orchestrator import LiveSession, Orchestrator, SessionOptions
+from assistant.reaction import ReactionEngine
+from assistant.sources import SourceError, VideoFileSource, aiter_frames
+
+log = logging.getLogger(__name__)
+
+Mode = Literal["replay", "live"]
+EngineFactory = Callable[[EngineConfig], ReactionEngine]
+
+
+@dataclass(frozen=True, slots=True)
+class RunQuery:
+    """A question to ask at ``ask_time`` seconds of ``video``."""
+
+    key: str
+    video: Path
+    ask_time: float
+    prompt: str
+
+
+@dataclass(slots=True)
+class RunReport:
+    """What a run did and what it cost."""
+
+    mode: str
+    queries: int = 0
+    answered: int = 0
+    skipped_done: int = 0
+    missing_videos: list[str] = field(default_factory=list)
+    failed_videos: list[str] = field(default_factory=list)
+    prefill_tokens: int = 0
+    stream_seconds: float = 0.0
+    seconds: float = 0.0
+
+    @property
+    def seconds_per_video_minute(self) -> float:
+        return self.seconds / (self.stream_seconds / 60) if self.stream_seconds else 0.0
+
+
+class AnswerLog:
+    """Answers by query key, appended to a JSON-lines file as they arrive (the resume point)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.answers: dict[str, str] = {}
+        if not path.exists():
+            return
+        text = path.read_text(encoding="utf-8")
+        lines = text.splitlines()
+        if text and not text.endswith("\n"):  # the last write was interrupted: drop the partial line
+            log.warning("%s: dropping an incomplete last line (an interrupted write)", path)
+            lines = lines[:-1]
+            path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+        for n, line in enumerate(lines, start=1):
+            try:
+                record = json.loads(line)
+                self.answers[str(record["key"])] = record["response"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                log.warning("%s:%d: unreadable line ignored", path, n)
+
+    def add(self, key: str, response: str) -> None:
+        self.answers[key] = response
+        with self.path.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps({"key": key, "response": response}, ensure_ascii=False) + "\n")
+
+
+async def _ask(live: LiveSession, query: RunQuery, max_new_tokens: int) -> str:
+    await live.wait_idle()
+    _, done = live.ask(query.prompt, query.ask_time, max_new_tokens=max_new_tokens, remember=False)
+    return (await done).text
+
+
+async def _play(
+    live: LiveSession,
+    video: Path,
+    fps: float,
+    until: float,
+    queries: Sequence[RunQuery],
+    on_answer: Callable[[RunQuery, str], None],
+    max_new_tokens: int,
+) -> float:
+    """Feed the video up to ``until`` s, asking each query once every frame up to its time is in."""
+    pending = sorted(queries, key=lambda q: q.ask_time)
+    stream_t = 0.0
+    source = VideoFileSource(video, fps=fps, end=until + 0.5 / fps)
+    with source:
+        async with contextlib.aclosing(aiter_frames(source)) as frames:
+            async for frame in frames:
+                while pending and frame.t > pending[0].ask_time:
+                    q = pending.pop(0)
+                    on_answer(q, await _ask(live, q, max_new_tokens))
+                await live.wait_for_room()
+                live.push_frame(frame.image, t=frame.t)
+                stream_t = frame.t
+    for q in pending:  # at or past the end of the video
+        on_answer(q, await _ask(live, q, max_new_tokens))
+    return stream_t
+
+
+async def run_queries(
+    queries: Iterable[RunQuery],
+    *,
+    adapter: Any,
+    config: VigilConfig,
+    make_engine: EngineFactory,
+    mode: Mode,
+    out_dir: str | Path,
+    skip_missing: bool = False,
+    max_new_tokens: int = 32,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[dict[str, str], RunReport]:
+    """Answer every query (resuming from ``out_dir/answers.jsonl``); returns answers by key and a report."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    log_ = AnswerLog(out / "answers.jsonl")
+    queries = list(queries)
+    report = RunReport(mode, queries=len(queries))
+    by_video: dict[Path, list[RunQuery]] = {}
+    for q in queries:
+        by_video.setdefault(q.video, []).append(q)
+    missing = sorted(str(v) for v in by_video if not v.is_file())
+    if missing and not skip_missing:
+        raise FileNotFoundError(f"{len(missing)} video(s) missing, e.g. {missing[0]} (use --skip-missing to go on)")
+    report.missing_videos = missing
+    orchestrator = Orchestrator(make_engine(config.engine), adapter, config)
+    started = time.perf_counter()
+
+    def record(q: RunQuery, response: str) -> None:
+        log_.add(q.key, response)
+        report.answered += 1
+        if progress is not None:
+            progress(1)
+
+    try:
+        for video, items in by_video.items():
+            todo = [q for q in items if q.key not in log_.answers]
+            report.skipped_done += len(items) - len(todo)
+            if progress is not None and len(items) > len(todo):
+                progress(len(items) - len(todo))
+            if not todo or str(video) in missing:
+                continue
+            groups = [todo] if mode == "live" else [[q] for q in sorted(todo, key=lambda q: q.ask_time)]
+            try:
+                for group in groups:
+                    until = max(q.ask_time for q in group)
+                    live = await orchestrator.create_session(SessionOptions(frame_queue=64))
+                    try:
+                        report.stream_seconds += await _play(
+                            live, video, config.perception.fps, until, group, record, max_new_tokens
+                        )
+                        report.prefill_tokens += orchestrator.engine.session_stats(live.session_id).prefilled_tokens
+                    finally:
+                        await orchestrator.close_session(live.session_id)
+            except SourceError as exc:
+                log.warning("video %s failed: %s", video, exc)
+                report.failed_videos.append(str(video))
+    finally:
+        await orchestrator.shutdown()
+    report.seconds = time.perf_counter() - started
+    return log_.answers, report
+
+
+def run(queries: Iterable[RunQuery], **kwargs: Any) -> tuple[dict[str, str], RunReport]:
+    """Synchronous wrapper of ``run_queries``."""
+    return asyncio.run(run_queries(queries, **kwargs))
