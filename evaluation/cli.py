@@ -209,8 +209,8 @@ def _run_queries(args: argparse.Namespace, setup: RunnerSetup, queries: list[Any
         f"{len(report.missing_videos)} missing and {len(report.failed_videos)} failed video(s)"
     )
     print(
-        f"prefilled tokens: {report.prefill_tokens}; {report.seconds:.1f} s for {report.stream_seconds:.1f} s of "
-        f"video ({report.seconds_per_video_minute:.1f} s per video minute)"
+        f"prefilled tokens: {report.prefill_tokens}; {report.seconds:.1f} s for {report.video_seconds:.1f} s of "
+        f"video ({report.seconds_per_video_minute:.1f} s per video minute; {report.stream_seconds:.1f} s played)"
     )
     return answers, report
 

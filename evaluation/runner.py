@@ -53,11 +53,15 @@ class RunReport:
     failed_videos: list[str] = field(default_factory=list)
     prefill_tokens: int = 0
     stream_seconds: float = 0.0
+    """Stream time played (replay plays each video once per question)."""
+    video_seconds: float = 0.0
+    """Distinct video time the questions needed (each video up to its last question)."""
     seconds: float = 0.0
 
     @property
     def seconds_per_video_minute(self) -> float:
-        return self.seconds / (self.stream_seconds / 60) if self.stream_seconds else 0.0
+        """Wall seconds per minute of benchmark video."""
+        return self.seconds / (self.video_seconds / 60) if self.video_seconds else 0.0
 
 
 class AnswerLog:
@@ -162,6 +166,7 @@ async def run_queries(
                 progress(len(items) - len(todo))
             if not todo or str(video) in missing:
                 continue
+            report.video_seconds += max(q.ask_time for q in todo)
             groups = [todo] if mode == "live" else [[q] for q in sorted(todo, key=lambda q: q.ask_time)]
             try:
                 for group in groups:
