@@ -77,6 +77,8 @@ class SceneBenchResult:
     fps: float
     frames_per_step: int
     cut_times: list[float]
+    cuts_measured: bool
+    """The cut times were measured from the frames (not given)."""
     trigger_times: list[float]
     scores: list[dict[str, Any]]
 
@@ -92,13 +94,14 @@ def run_scene_bench(
     fired = [trig.t for update in perception.run(source) if (trig := detector.step(update)) is not None]
     duration = source.duration or (perception.stats.frames / fps)
     scores = [asdict(score_triggers(fired, cuts, tol, duration)) for tol in TOLERANCES]
-    return SceneBenchResult(str(video), duration, fps, frames_per_step, cuts, fired, scores)
+    return SceneBenchResult(str(video), duration, fps, frames_per_step, cuts, cut_times is None, fired, scores)
 
 
 def format_scene_table(result: SceneBenchResult) -> str:
     lines = [
-        f"{Path(result.video).name}: {result.duration_s:.1f} s, {len(result.cut_times)} hard cuts measured from the "
-        f"frames; sampled at {result.fps:g} fps, {result.frames_per_step} frame(s) per step",
+        f"{Path(result.video).name}: {result.duration_s:.1f} s, {len(result.cut_times)} hard cuts "
+        f"{'measured from the frames' if result.cuts_measured else 'given'}; sampled at {result.fps:g} fps, "
+        f"{result.frames_per_step} frame(s) per step",
         "",
         "| tolerance | precision | recall | F1 | mean abs time diff (s) | false alarms / min |",
         "|---|---|---|---|---|---|",

@@ -385,6 +385,15 @@ def _eval_setup(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     )
 
 
+def cmd_bench_all(args: argparse.Namespace) -> int:
+    from evaluation.bench_all import run_all
+
+    adapter = _bench_model(args)
+    run_all(adapter, args.out, quick=args.quick)
+    print((Path(args.out) / "summary.md").read_text())
+    return 0
+
+
 def cmd_make_tiny_model(args: argparse.Namespace) -> int:
     from assistant.models.tiny import build_tiny_model
 
@@ -563,6 +572,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames-per-step", type=int, default=1)
     p.add_argument("--out", default=None, help="folder for scene.json and scene.md")
     p.set_defaults(func=cmd_bench_scene)
+
+    p = bench.add_parser("all", help="the whole efficiency protocol: JSON, markdown tables and plots")
+    p.add_argument("--model", default="tiny")
+    p.add_argument("--arch", default=None, help="real-size random-weight architecture instead of --model")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--quick", action="store_true", help="short streams (minutes instead of an hour)")
+    p.add_argument("--out", default="out/bench-all")
+    p.set_defaults(func=cmd_bench_all)
 
     from evaluation.cli import register as register_eval
 

@@ -157,3 +157,15 @@ def test_bench_scene_scores_a_clip(clip, tmp_path) -> None:
     best = result["scores"][0]
     assert best["tolerance_s"] == 0.5 and best["f1"] == 1.0 and best["false_alarms_per_min"] == 0.0
     assert vigil("bench", "scene", "/nonexistent.mp4").returncode == 2
+
+
+def test_bench_all_quick_writes_every_part(tmp_path, vigil_home) -> None:
+    out = vigil("bench", "all", "--quick", "--out", str(tmp_path / "all"))
+    assert out.returncode == 0, out.stderr
+    result = json.loads((tmp_path / "all" / "summary.json").read_text())
+    assert {"perception", "latency", "lag", "scene"} <= set(result)
+    assert [r["mode"] for r in result["perception"]] == ["pixel", "feature"]
+    assert result["scene"]["scores"][0]["f1"] == 1.0
+    assert (tmp_path / "all" / "latency.png").stat().st_size > 0
+    for heading in ("## Perception", "## Question latency", "## Perception lag", "## Scene-change"):
+        assert heading in out.stdout
