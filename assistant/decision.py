@@ -114,6 +114,10 @@ class InstructionMonitor:
     interval_s: float = 4.0
     on: float = 0.6
     off: float = 0.4
+    probe: str | None = None
+    """The yes/no question to probe with (default: built from the instruction)."""
+    answer_prompt: str | None = None
+    """What to ask when it fires (default: ``instruction_prompt``)."""
     _last_probe: float = field(default=-1e9, init=False)
     _active: bool = field(default=False, init=False)
 
@@ -142,7 +146,12 @@ class InstructionMonitor:
     @property
     def question(self) -> str:
         """The yes/no probe for this instruction."""
-        return f"Is this true right now: {self.instruction.strip().rstrip('?.')}?"
+        return self.probe or f"Is this true right now: {self.instruction.strip().rstrip('?.')}?"
+
+    @property
+    def prompt(self) -> str:
+        """What to ask the engine when the instruction fires."""
+        return self.answer_prompt or instruction_prompt(self.instruction)
 
 
 NARRATION_PROMPT = "Describe in one short sentence what just changed in the video."

@@ -27,7 +27,6 @@ from assistant.decision import (
     InstructionMonitor,
     SceneChangeDetector,
     Trigger,
-    instruction_prompt,
 )
 from assistant.events import (
     AnswerDeltaEvent,
@@ -279,6 +278,12 @@ class LiveSession:
             if monitor.due(update.t_end, trigger is not None) and not self._has_job("probe", monitor):
                 self._enqueue("probe", monitor.question, update.t_end, monitor=monitor)
 
+    def add_instruction(self, monitor: InstructionMonitor) -> None:
+        """Start watching for a standing instruction from now on."""
+        if self._closed:
+            raise SessionClosedError(f"session {self.session_id} is closed")
+        self.monitors.append(monitor)
+
     def _fire(self, trigger: Trigger) -> None:
         self.events.emit(
             TriggerFired, trigger.t, kind=trigger.kind, score=trigger.score, instruction=trigger.instruction
@@ -372,7 +377,7 @@ class LiveSession:
                 trigger = job.monitor.observe(job.t, p)
                 if trigger is not None:
                     self._fire(trigger)
-                    self._enqueue("instruction", instruction_prompt(trigger.instruction or ""), job.t)
+                    self._enqueue("instruction", job.monitor.prompt, job.t)
                 job.done.set_result(p)
                 return
             await self._answer(job)

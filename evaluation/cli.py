@@ -246,18 +246,22 @@ def _sb_run(setup: RunnerSetup) -> Handler:
         from evaluation.runner import RunQuery
 
         questions = [q for path in args.anno for q in streamingbench.load_questions(path, args.kind)]
-        proactive = [q for q in questions if q.is_proactive]
-        if proactive:
-            print(f"{len(proactive)} Proactive Output question(s) are not run by this command", file=sys.stderr)
+        proactive = _limit([q for q in questions if q.is_proactive], args.limit)
         questions = _limit([q for q in questions if not q.is_proactive], args.limit)
+        runtime = setup(args)  # load the model once for both parts
+
+        def loaded(_: argparse.Namespace) -> tuple[Any, Any, Any]:
+            return runtime
+
         earlier: dict[str, list[Any]] = {}
         runs = []
         for q in sorted(questions, key=lambda q: (q.video_path, q.ask_time)):
             previous = earlier.setdefault(q.video_path, [])
             runs.append(RunQuery(q.key, Path(args.videos) / q.video_path, q.ask_time, q.prompt(previous)))
             previous.append(q)
-        answers, report = _run_queries(args, setup, runs, "streamingbench")
+        answers, report = _run_queries(args, loaded, runs, "streamingbench")
         records = [streamingbench.result_record(q, answers[q.key]) for q in questions if q.key in answers]
+        records += _sb_proactive(args, loaded, proactive)
         path = streamingbench.write_results(Path(args.out) / f"vigil_streamingbench_{args.mode}.jsonl", records)
         score = streamingbench.score_results(streamingbench.load_results(path))
         overall = ", ".join(f"{kind} {_pct(a.accuracy)}" for kind, a in score.kinds.items())
@@ -268,6 +272,44 @@ def _sb_run(setup: RunnerSetup) -> Handler:
         return 0
 
     return run_sb
+
+
+def _sb_proactive(args: argparse.Namespace, setup: RunnerSetup, questions: list[Any]) -> list[dict]:
+    """Proactive Output in native mode: the decision module decides when to answer (scored with the same rule)."""
+    import asyncio
+
+    from evaluation.runner import ProactiveQuery, run_proactive
+
+    if not questions:
+        return []
+    adapter, config, make_engine = setup(args)
+    runs = [
+        ProactiveQuery(
+            q.key,
+            Path(args.videos) / q.video_path,
+            q.ask_time,
+            q.ground_truth_time + 10.0,
+            q.question,
+            streamingbench.proactive_poll_prompt(q),
+            streamingbench.proactive_answer_prompt(q),
+        )
+        for q in questions
+    ]
+    results, report = asyncio.run(
+        run_proactive(
+            runs,
+            adapter=adapter,
+            config=config,
+            make_engine=make_engine,
+            skip_missing=args.skip_missing,
+            max_new_tokens=args.max_new_tokens,
+        )
+    )
+    print(
+        f"proactive (native): {report.answered} of {len(runs)} played, "
+        f"{sum(t is not None for _, t in results.values())} answered by the decision module"
+    )
+    return [streamingbench.result_record(q, *results[q.key]) for q in questions if q.key in results]
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:

@@ -191,3 +191,85 @@ async def run_queries(
 def run(queries: Iterable[RunQuery], **kwargs: Any) -> tuple[dict[str, str], RunReport]:
     """Synchronous wrapper of ``run_queries``."""
     return asyncio.run(run_queries(queries, **kwargs))
+
+
+@dataclass(frozen=True, slots=True)
+class ProactiveQuery:
+    """A standing instruction given at ``ask_time``; the session must decide by itself when to answer."""
+
+    key: str
+    video: Path
+    ask_time: float
+    until: float
+    instruction: str
+    probe: str
+    answer_prompt: str
+
+
+async def _proactive_one(
+    orchestrator: Orchestrator, q: ProactiveQuery, fps: float, max_new_tokens: int
+) -> tuple[str | None, float | None, int]:
+    """Play ``q.video`` to ``q.until``; the first instruction trigger after ``ask_time`` and its answer."""
+    from assistant.decision import InstructionMonitor
+
+    live = await orchestrator.create_session(SessionOptions(frame_queue=64))
+    try:
+        added = False
+        source = VideoFileSource(q.video, fps=fps, end=q.until + 0.5 / fps)
+        with source:
+            async with contextlib.aclosing(aiter_frames(source)) as frames:
+                async for frame in frames:
+                    if not added and frame.t >= q.ask_time:
+                        await live.wait_idle()
+                        live.add_instruction(
+                            InstructionMonitor(
+                                q.instruction, interval_s=1.0, probe=q.probe, answer_prompt=q.answer_prompt
+                            )
+                        )
+                        added = True
+                    await live.wait_for_room()
+                    live.push_frame(frame.image, t=frame.t)
+                    if any(e.type == "answer_done" and e.kind == "instruction" for e in live.events.since(0)):
+                        break
+        await live.wait_idle()
+        events = live.events.since(0)
+        fired = next((e for e in events if e.type == "trigger" and e.kind == "instruction"), None)
+        answer = next((e for e in events if e.type == "answer_done" and e.kind == "instruction"), None)
+        prefill = orchestrator.engine.session_stats(live.session_id).prefilled_tokens
+        return (answer.text if answer else None), (fired.t if fired else None), prefill
+    finally:
+        await orchestrator.close_session(live.session_id)
+
+
+async def run_proactive(
+    queries: Iterable[ProactiveQuery],
+    *,
+    adapter: Any,
+    config: VigilConfig,
+    make_engine: EngineFactory,
+    skip_missing: bool = False,
+    max_new_tokens: int = 32,
+) -> tuple[dict[str, tuple[str | None, float | None]], RunReport]:
+    """Native proactive mode: one session per instruction, answers when its decision module fires."""
+    queries = list(queries)
+    report = RunReport("native", queries=len(queries))
+    missing = sorted({str(q.video) for q in queries if not q.video.is_file()})
+    if missing and not skip_missing:
+        raise FileNotFoundError(f"{len(missing)} video(s) missing, e.g. {missing[0]} (use --skip-missing to go on)")
+    report.missing_videos = missing
+    orchestrator = Orchestrator(make_engine(config.engine), adapter, config)
+    results: dict[str, tuple[str | None, float | None]] = {}
+    started = time.perf_counter()
+    try:
+        for q in queries:
+            if str(q.video) in missing:
+                continue
+            response, t, prefill = await _proactive_one(orchestrator, q, config.perception.fps, max_new_tokens)
+            results[q.key] = (response, t)
+            report.answered += 1
+            report.prefill_tokens += prefill
+            report.video_seconds += q.until
+    finally:
+        await orchestrator.shutdown()
+    report.seconds = time.perf_counter() - started
+    return results, report

@@ -138,3 +138,37 @@ def test_streamingbench_run(tmp_path, vigil_home) -> None:
     assert len(lines) == len(segment["questions"])
     score = vigil("eval", "streamingbench", "score", str(tmp_path / "sb" / "vigil_streamingbench_live.jsonl"))
     assert score.returncode == 0, score.stderr
+
+
+def test_streamingbench_proactive_native_mode(tmp_path, vigil_home) -> None:
+    records = json.loads((SHARED / "streamingbench" / "questions_proactive_sample.json").read_text())
+    segment = dict(records[0])
+    segment["video_path"] = "clip.mp4"
+    question = dict(segment["questions"][0], time_stamp="00:00:02", ground_truth_time_stamp="00:00:05")
+    segment["questions"] = [question]
+    anno = tmp_path / "questions_proactive.json"
+    anno.write_text(json.dumps([segment]))
+    write_clip(tmp_path / "clip.mp4", seconds=10, fps=5, width=160, height=120, cut_times=(5.0,))
+    out = vigil(
+        "eval",
+        "streamingbench",
+        "run",
+        "--anno",
+        str(anno),
+        "--videos",
+        str(tmp_path),
+        "--out",
+        str(tmp_path / "sb"),
+        "--max-new-tokens",
+        "4",
+        "--fps",
+        "2",
+    )
+    assert out.returncode == 0, out.stderr
+    assert "answered by the decision module" in out.stdout
+    (line,) = (tmp_path / "sb" / "vigil_streamingbench_live.jsonl").read_text().splitlines()
+    record = json.loads(line)
+    assert record["ground_truth_time"] == 5 and record["ground_truth_output"] == question["ground_truth_output"]
+    assert record["answer_time"] is None or record["answer_time"] >= 2.0  # causal: never before it was asked
+    score = vigil("eval", "streamingbench", "score", str(tmp_path / "sb" / "vigil_streamingbench_live.jsonl"))
+    assert score.returncode == 0, score.stderr
