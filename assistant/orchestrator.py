@@ -145,7 +145,7 @@ class LiveSession:
         self._closed = False
         self._busy = False
         self._frame_index = 0
-        self._last_t = -1.0
+        self._last_t: float | None = None
         self.frames_dropped = {"backpressure": 0, "invalid": 0}
         self.stream_t = 0.0
         self.processed_frames = 0
@@ -205,10 +205,15 @@ class LiveSession:
         """
         if self._closed:
             raise SessionClosedError(f"session {self.session_id} is closed")
-        stamp = self._last_t + 1.0 / self.session.config.perception.fps if t is None else float(t)
+        if t is not None:
+            stamp = float(t)
+        elif self._last_t is None:
+            stamp = 0.0
+        else:
+            stamp = self._last_t + 1.0 / self.session.config.perception.fps
         try:
             rgb = decode_image(image) if isinstance(image, bytes | bytearray) else as_rgb(image)
-            if stamp < self._last_t:
+            if self._last_t is not None and stamp < self._last_t:
                 raise InvalidFrameError(f"frame time {stamp:.3f} s is before the previous one ({self._last_t:.3f} s)")
         except InvalidFrameError as exc:
             self.frames_dropped["invalid"] += 1

@@ -102,12 +102,15 @@ def test_backpressure_drops_oldest_and_counts(tiny_adapter) -> None:
         for i in range(10):  # pushed in one go: the perception task has not run yet
             live.push_frame(_frame(i), t=i * 0.5)
         assert live.push_frame(b"not an image", t=6.0) is False
+        assert live.push_frame(_frame(10)) is True  # no time given: the next frame time at the session's fps
+        assert live.push_frame(_frame(11), t=1.0) is False  # time going backwards
         await _settle(live, 3)
         dropped = [e for e in live.events.since(0) if e.type == "frame_dropped"]
-        assert [e.reason for e in dropped] == ["backpressure"] * 7 + ["invalid"]
+        assert [e.reason for e in dropped] == ["backpressure"] * 7 + ["invalid", "backpressure", "invalid"]
         assert [e.detail for e in dropped[:7]] == [f"frame {i}" for i in range(7)]
-        assert live.frames_dropped == {"backpressure": 7, "invalid": 1}
-        assert live.processed_frames + 7 == 10
+        assert live.frames_dropped == {"backpressure": 8, "invalid": 2}
+        assert live.processed_frames + 8 == 11
+        assert [e.t for e in live.events.since(0) if e.type == "frame_accepted"][-1] == 5.0
         await orch.shutdown()
 
     run(main())
