@@ -118,8 +118,12 @@ class InstructionMonitor:
     """The yes/no question to probe with (default: built from the instruction)."""
     answer_prompt: str | None = None
     """What to ask when it fires (default: ``instruction_prompt``)."""
+    respond: bool = True
+    """Answer when it fires (False: only report the trigger)."""
     _last_probe: float = field(default=-1e9, init=False)
     _active: bool = field(default=False, init=False)
+    history: list[tuple[float, bool]] = field(default_factory=list, init=False)
+    """(stream time, active) after every probe."""
 
     def __post_init__(self) -> None:
         if not self.instruction.strip():
@@ -136,12 +140,33 @@ class InstructionMonitor:
     def observe(self, t: float, p_yes: float) -> Trigger | None:
         """Record a probe result; a Trigger on the rising edge."""
         self._last_probe = t
+        fired = None
         if not self._active and p_yes >= self.on:
             self._active = True
-            return Trigger("instruction", t, p_yes, self.instruction)
-        if self._active and p_yes < self.off:
+            fired = Trigger("instruction", t, p_yes, self.instruction)
+        elif self._active and p_yes < self.off:
             self._active = False
-        return None
+        self.history.append((t, self._active))
+        return fired
+
+    def active_at(self, t: float) -> bool:
+        """Whether the instruction was holding at stream time ``t`` (by the last probe at or before it)."""
+        state = False
+        for when, active in self.history:
+            if when > t:
+                break
+            state = active
+        return state
+
+    def fired_until(self, t: float) -> int:
+        """Rising edges at or before stream time ``t``."""
+        count, previous = 0, False
+        for when, active in self.history:
+            if when > t:
+                break
+            count += active and not previous
+            previous = active
+        return count
 
     @property
     def question(self) -> str:

@@ -212,7 +212,8 @@ class LiveSession:
         else:
             stamp = self._last_t + 1.0 / self.session.config.perception.fps
         try:
-            rgb = decode_image(image) if isinstance(image, bytes | bytearray) else as_rgb(image)
+            # arrays are copied: a producer may reuse its buffer while the frame waits in the queue
+            rgb = decode_image(image) if isinstance(image, bytes | bytearray) else as_rgb(image).copy()
             if self._last_t is not None and stamp < self._last_t:
                 raise InvalidFrameError(f"frame time {stamp:.3f} s is before the previous one ({self._last_t:.3f} s)")
         except InvalidFrameError as exc:
@@ -382,7 +383,8 @@ class LiveSession:
                 trigger = job.monitor.observe(job.t, p)
                 if trigger is not None:
                     self._fire(trigger)
-                    self._enqueue("instruction", job.monitor.prompt, job.t)
+                    if job.monitor.respond:
+                        self._enqueue("instruction", job.monitor.prompt, job.t)
                 job.done.set_result(p)
                 return
             await self._answer(job)

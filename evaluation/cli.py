@@ -219,15 +219,61 @@ def _limit(items: list[Any], n: int | None) -> list[Any]:
     return items if n is None else items[:n]
 
 
+def _forward_polls(queries: list[Any], videos: str) -> list[tuple[Path, list[Any]]]:
+    """Forward-task polls grouped per item, each with the probe its standing monitor watches with."""
+    from evaluation.runner import ForwardPoll
+
+    grouped: dict[int, tuple[Path, list[Any]]] = {}
+    for q in queries:
+        item = q.item
+        if isinstance(item, ovo_bench.RecItem):
+            poll = ForwardPoll(q.key, q.ask_time, f"Is the person {item.activity} right now?", "count")
+        elif isinstance(item, ovo_bench.SsrItem):
+            step = item.polls[q.poll_index].step
+            poll = ForwardPoll(q.key, q.ask_time, f"Is the person currently performing this step: {step}?", "active")
+        else:
+            probe = f"Do the frames so far give enough information to answer: {item.question}?"
+            poll = ForwardPoll(q.key, q.ask_time, probe, "fired")
+        grouped.setdefault(item.id, (q.video_path(videos), []))[1].append(poll)
+    return list(grouped.values())
+
+
 def _ovo_run(setup: RunnerSetup) -> Handler:
     @_guarded
     def run_ovo(args: argparse.Namespace) -> int:
-        from evaluation.runner import RunQuery
+        import asyncio
+
+        from evaluation.runner import RunQuery, run_forward_native
 
         items = _limit(ovo_bench.load_annotations(args.anno), args.limit)
         queries = ovo_bench.expand_queries(items)
-        runs = [RunQuery(q.key, q.video_path(args.videos), q.ask_time, q.prompt) for q in queries]
-        answers, report = _run_queries(args, setup, runs, "ovo")
+        native = [q for q in queries if q.poll_index is not None] if args.forward == "native" else []
+        asked = [q for q in queries if q not in native]
+        runtime = setup(args)  # load the model once for both parts
+
+        def loaded(_: argparse.Namespace) -> tuple[Any, Any, Any]:
+            return runtime
+
+        runs = [RunQuery(q.key, q.video_path(args.videos), q.ask_time, q.prompt) for q in asked]
+        answers, report = _run_queries(args, loaded, runs, "ovo")
+        if native:
+            adapter, config, make_engine = runtime
+            native_answers, native_report = asyncio.run(
+                run_forward_native(
+                    _forward_polls(native, args.videos),
+                    adapter=adapter,
+                    config=config,
+                    make_engine=make_engine,
+                    out_dir=args.out,
+                    skip_missing=args.skip_missing,
+                )
+            )
+            answers.update(native_answers)
+            report.prefill_tokens += native_report.prefill_tokens
+            print(
+                f"forward tasks (native): {native_report.answered} polls read from the decision module, "
+                f"{native_report.skipped_done} from an earlier run"
+            )
         answered = [(q, answers[q.key]) for q in queries if q.key in answers]
         path = ovo_bench.write_official(Path(args.out) / f"vigil_ovo_{args.mode}.json", answered)
         score = ovo_bench.score_results(ovo_bench.load_results(path))
@@ -349,6 +395,13 @@ def register(subparsers: argparse._SubParsersAction, setup: RunnerSetup | None =
     if setup is not None:
         p = ovo.add_parser("run", help="answer every query through Vigil sessions; official result format")
         p.add_argument("--anno", required=True, help="annotation file (ovo_bench_new.json)")
+        p.add_argument(
+            "--forward",
+            choices=["asked", "native"],
+            default="asked",
+            help="forward tasks: asked as the benchmark's polls, or native (standing monitors fire by "
+            "themselves; each poll reads their record)",
+        )
         _add_run_args(p)
         p.set_defaults(func=_ovo_run(setup))
 

@@ -273,3 +273,78 @@ async def run_proactive(
         await orchestrator.shutdown()
     report.seconds = time.perf_counter() - started
     return results, report
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardPoll:
+    """One scored poll of a forward task, answered from the decision module's own record."""
+
+    key: str
+    ask_time: float
+    probe: str
+    """The yes/no probe a standing monitor watches with."""
+    read: Literal["count", "active", "fired"]
+    """count: rising edges so far; active: holding now (Yes/No); fired: fired at least once so far (Yes/No)."""
+
+
+async def _forward_item(
+    orchestrator: Orchestrator, video: Path, polls: Sequence[ForwardPoll], fps: float
+) -> tuple[dict[str, str], int]:
+    from assistant.decision import InstructionMonitor
+
+    live = await orchestrator.create_session(SessionOptions(frame_queue=64))
+    try:
+        monitors = {p.probe: InstructionMonitor(p.probe, interval_s=1.0, probe=p.probe, respond=False) for p in polls}
+        for monitor in monitors.values():
+            live.add_instruction(monitor)
+        await _play(live, video, fps, max(p.ask_time for p in polls), (), lambda q, r: None, 1)
+        await live.wait_idle()
+        answers = {}
+        for p in polls:
+            m = monitors[p.probe]
+            if p.read == "count":
+                answers[p.key] = str(m.fired_until(p.ask_time))
+            elif p.read == "active":
+                answers[p.key] = "Yes" if m.active_at(p.ask_time) else "No"
+            else:
+                answers[p.key] = "Yes" if m.fired_until(p.ask_time) else "No"
+        return answers, orchestrator.engine.session_stats(live.session_id).prefilled_tokens
+    finally:
+        await orchestrator.close_session(live.session_id)
+
+
+async def run_forward_native(
+    items: Sequence[tuple[Path, Sequence[ForwardPoll]]],
+    *,
+    adapter: Any,
+    config: VigilConfig,
+    make_engine: EngineFactory,
+    out_dir: str | Path,
+    skip_missing: bool = False,
+) -> tuple[dict[str, str], RunReport]:
+    """Forward tasks in native mode: one session per item whose monitors fire by themselves; polls read them."""
+    log_ = AnswerLog(Path(out_dir) / "answers.jsonl")
+    report = RunReport("native", queries=sum(len(polls) for _, polls in items))
+    missing = sorted({str(v) for v, _ in items if not v.is_file()})
+    if missing and not skip_missing:
+        raise FileNotFoundError(f"{len(missing)} video(s) missing, e.g. {missing[0]} (use --skip-missing to go on)")
+    report.missing_videos = missing
+    orchestrator = Orchestrator(make_engine(config.engine), adapter, config)
+    started = time.perf_counter()
+    try:
+        for video, polls in items:
+            if str(video) in missing:
+                continue
+            if all(p.key in log_.answers for p in polls):
+                report.skipped_done += len(polls)
+                continue
+            answers, prefill = await _forward_item(orchestrator, video, polls, config.perception.fps)
+            for key, response in answers.items():
+                log_.add(key, response)
+            report.answered += len(answers)
+            report.prefill_tokens += prefill
+            report.video_seconds += max(p.ask_time for p in polls)
+    finally:
+        await orchestrator.shutdown()
+    report.seconds = time.perf_counter() - started
+    return log_.answers, report

@@ -1,16 +1,21 @@
-"""Frame sources on real files, a real HTTP stream on loopback, and pushed frames."""
+"""Frame sources on real files, real HTTP streams on loopback and frames pushed from other threads."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import http.server
 import io
+import itertools
+import logging
 import math
+import socket
 import struct
 import threading
 import time
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import av
@@ -20,9 +25,12 @@ from PIL import Image
 
 from assistant.sources import (
     FpsSampler,
+    Frame,
+    FrameSource,
     InvalidFrameError,
     Pacer,
     PushSource,
+    SourceError,
     SourceNotFoundError,
     SourceOpenError,
     StreamSource,
@@ -33,19 +41,34 @@ from assistant.sources import (
 )
 
 FPS, SECONDS, W, H = 10, 3, 64, 48
+N = FPS * SECONDS
+BACKENDS = ["pyav", "decord"]
 
 
 def colour(k: int) -> int:
+    """The grey level of frame k in the generated clips."""
     return (k * 8) % 256
 
 
-def write_clip(path: Path, n: int = FPS * SECONDS, container_format: str | None = None) -> Path:
-    with av.open(str(path), "w", format=container_format) as out:
+def write_clip(
+    path: Path,
+    n: int = N,
+    container_format: str | None = None,
+    options: dict[str, str] | None = None,
+    noise: bool = False,
+) -> Path:
+    """An h264 clip at 10 fps: frame k is solid colour(k), or noise (so bytes spread evenly over time)."""
+    rng = np.random.default_rng(0)
+    with av.open(str(path), "w", format=container_format, options=options or {}) as out:
         stream = out.add_stream("h264", rate=FPS)
         stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
         stream.options = {"g": "5", "crf": "10"}
         for k in range(n):
-            img = np.full((H, W, 3), colour(k), np.uint8)
+            img = (
+                rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
+                if noise
+                else np.full((H, W, 3), colour(k), np.uint8)
+            )
             for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
                 out.mux(packet)
         for packet in stream.encode():
@@ -53,187 +76,610 @@ def write_clip(path: Path, n: int = FPS * SECONDS, container_format: str | None 
     return path
 
 
+def cut(path: Path, fraction: float = 0.6) -> Path:
+    data = path.read_bytes()
+    target = path.with_name("cut_" + path.name)
+    target.write_bytes(data[: int(len(data) * fraction)])
+    return target
+
+
+def grey(frame: Frame) -> int:
+    return round(float(frame.image.mean()))
+
+
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_clip(tmp_path_factory.mktemp("src") / "clip.mp4")
+    return write_clip(tmp_path_factory.mktemp("clips") / "clip.mp4")
 
 
-@pytest.mark.parametrize("backend", ["pyav", "decord"])
-def test_file_timestamps_and_content(clip: Path, backend: str) -> None:
-    frames = list(VideoFileSource(clip, backend=backend))
-    assert len(frames) == FPS * SECONDS
-    assert [f.t for f in frames[:3]] == pytest.approx([0.0, 0.1, 0.2])
-    assert [f.index for f in frames] == list(range(len(frames)))
-    for k in (0, 7, 29):
-        assert abs(int(frames[k].image.mean()) - colour(k)) <= 3
-        assert frames[k].image.shape == (H, W, 3) and frames[k].image.dtype == np.uint8
+# --- files ---
 
 
-def test_sampling_to_2_fps_and_above_native(clip: Path) -> None:
-    two = list(VideoFileSource(clip, fps=2))
-    assert [f.t for f in two] == pytest.approx([0.0, 0.5, 1.0, 1.5, 2.0, 2.5])
-    assert [f.source_index for f in two] == [0, 5, 10, 15, 20, 25]
-    assert len(list(VideoFileSource(clip, fps=30))) == FPS * SECONDS
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_every_frame_with_exact_times_and_content(clip: Path, backend: str) -> None:
+    source = VideoFileSource(clip, backend=backend)
+    assert (source.width, source.height, source.native_fps, source.duration) == (W, H, 10.0, 3.0)
+    frames = list(source)
+    assert [f.t for f in frames] == pytest.approx([k / FPS for k in range(N)], abs=1e-9)
+    assert [f.index for f in frames] == list(range(N))
+    assert [f.source_index for f in frames] == list(range(N))
+    assert all(abs(grey(f) - colour(f.source_index)) <= 3 for f in frames)
+    image = frames[7].image
+    assert image.shape == (H, W, 3) and image.dtype == np.uint8 and image.flags.c_contiguous
+    assert source.end is not None and (
+        source.end.reason,
+        source.end.frames_decoded,
+        source.end.frames_yielded,
+    ) == (
+        "eof",
+        N,
+        N,
+    )
 
 
-def test_backends_agree(clip: Path) -> None:
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sampling_at_2_fps_keeps_exact_due_times(clip: Path, backend: str) -> None:
+    source = VideoFileSource(clip, fps=2, backend=backend)
+    frames = list(source)
+    assert [f.t for f in frames] == pytest.approx([0.0, 0.5, 1.0, 1.5, 2.0, 2.5], abs=1e-9)
+    assert [f.source_index for f in frames] == [0, 5, 10, 15, 20, 25]
+    assert [f.index for f in frames] == [0, 1, 2, 3, 4, 5]
+    assert all(abs(grey(f) - colour(f.source_index)) <= 3 for f in frames)
+    assert (source.end.frames_decoded, source.end.frames_yielded) == (N, 6)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fps_above_native_keeps_every_frame_once(clip: Path, backend: str) -> None:
+    frames = list(VideoFileSource(clip, fps=25, backend=backend))
+    assert [f.source_index for f in frames] == list(range(N))
+
+
+def test_backends_give_the_same_frames(clip: Path) -> None:
     a = list(VideoFileSource(clip, fps=3, backend="pyav"))
     b = list(VideoFileSource(clip, fps=3, backend="decord"))
-    assert [f.t for f in a] == pytest.approx([f.t for f in b])
+    assert [f.t for f in a] == [f.t for f in b] == pytest.approx([0, 0.4, 0.7, 1.0, 1.4, 1.7, 2.0, 2.4, 2.7])
     assert [f.source_index for f in a] == [f.source_index for f in b]
+    assert all(
+        np.abs(x.image.astype(int) - y.image.astype(int)).max() <= 2 for x, y in zip(a, b, strict=True)
+    )
 
 
-def test_trimming(clip: Path) -> None:
-    frames = list(VideoFileSource(clip, start=1.0, end=2.0))
-    assert len(frames) == 10 and frames[0].t == pytest.approx(0.0)
-    assert abs(int(frames[0].image.mean()) - colour(10)) <= 3
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_start_end_trim_keeps_stream_times(clip: Path, backend: str) -> None:
+    source = VideoFileSource(clip, backend=backend, start=1.0, end=2.0)
+    frames = list(source)
+    assert [f.t for f in frames] == pytest.approx([1.0 + k / FPS for k in range(10)], abs=1e-9)
+    assert [f.source_index for f in frames] == list(range(10, 20))
+    assert [f.index for f in frames] == list(range(10))
+    assert abs(grey(frames[0]) - colour(10)) <= 3
+    assert source.end.reason == "eof" and "end of the window" in source.end.message
+    sampled = list(VideoFileSource(clip, fps=2, backend=backend, start=1.05))
+    assert [f.t for f in sampled] == pytest.approx([1.1, 1.6, 2.1, 2.6], abs=1e-9)
 
 
-def test_real_clips(real_clips) -> None:
+def test_real_clips_metadata_and_sampling(real_clips: dict[str, Path]) -> None:
+    assert {"bikes", "bigbuckbunny", "carphone_pristine"} <= set(real_clips)
     for name, path in real_clips.items():
         source = VideoFileSource(path, fps=1)
-        with av.open(str(path)) as c:
-            s = c.streams.video[0]
-            assert (source.width, source.height) == (s.codec_context.width, s.codec_context.height)
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            assert (source.width, source.height) == (
+                stream.codec_context.width,
+                stream.codec_context.height,
+            ), name
+            assert source.native_fps == pytest.approx(float(stream.average_rate)), name
+            assert source.duration == pytest.approx(float(stream.duration * stream.time_base)), name
         frames = list(source)
         assert abs(len(frames) - math.ceil(source.duration)) <= 1, name
-        assert frames[0].image.shape == (source.height, source.width, 3)
-        assert source.end.reason == "eof"
+        assert all(f.image.shape == (source.height, source.width, 3) for f in frames), name
+        assert frames[0].t == 0.0 and all(b.t - a.t >= 1 - 1e-6 for a, b in itertools.pairwise(frames)), name
+        assert source.end.reason == "eof", name
 
 
-def test_missing_and_garbage_files(tmp_path: Path) -> None:
-    with pytest.raises(SourceNotFoundError, match="not found"):
+def test_real_clip_both_backends_agree(real_clips: dict[str, Path]) -> None:
+    a = list(VideoFileSource(real_clips["carphone_pristine"], fps=4, backend="pyav"))
+    b = list(VideoFileSource(real_clips["carphone_pristine"], fps=4, backend="decord"))
+    assert len(a) == 16 and [f.source_index for f in a] == [f.source_index for f in b]
+    assert [f.t for f in a] == pytest.approx([f.t for f in b], abs=1e-6)
+    assert all(
+        np.abs(x.image.astype(int) - y.image.astype(int)).mean() < 1 for x, y in zip(a, b, strict=True)
+    )
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(SourceNotFoundError, match=r"not found: .*nope\.mp4"):
         VideoFileSource(tmp_path / "nope.mp4")
-    bad = tmp_path / "bad.mp4"
-    bad.write_text("not a video at all")
-    with pytest.raises(SourceOpenError, match="cannot open"):
-        VideoFileSource(bad)
+    assert issubclass(SourceNotFoundError, SourceError)
 
 
-def test_truncated_file_yields_what_it_has(tmp_path: Path) -> None:
-    full = write_clip(tmp_path / "full.ts", n=60, container_format="mpegts")
-    cut = tmp_path / "cut.ts"
-    data = full.read_bytes()
-    cut.write_bytes(data[: int(len(data) * 0.6)])
-    source = VideoFileSource(cut)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_files_that_are_not_video(tmp_path: Path, backend: str) -> None:
+    text = tmp_path / "notes.mp4"
+    text.write_text("this is a text file, not a video\n" * 20)
+    with pytest.raises(SourceOpenError, match=r"cannot open .*notes\.mp4"):
+        VideoFileSource(text, backend=backend)
+    with pytest.raises(SourceOpenError, match="is not a file"):
+        VideoFileSource(tmp_path, backend=backend)
+    audio = tmp_path / "tone.wav"
+    with av.open(str(audio), "w") as out:
+        stream = out.add_stream("pcm_s16le", rate=8000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 800), np.int16), format="s16", layout="mono")
+        frame.rate = 8000
+        for packet in [*stream.encode(frame), *stream.encode()]:
+            out.mux(packet)
+    with pytest.raises(SourceOpenError, match="no video stream"):
+        VideoFileSource(audio, backend=backend)
+
+
+def test_bad_arguments(clip: Path) -> None:
+    for kwargs, message in [
+        ({"fps": 0}, "fps"),
+        ({"fps": float("nan")}, "fps"),
+        ({"pace": "slow"}, "pace"),
+        ({"backend": "gpu"}, "backend"),
+        ({"start": -1.0}, "start"),
+        ({"start": 2.0, "end": 2.0}, "end"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            VideoFileSource(clip, **kwargs)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_truncated_mkv_yields_what_it_has(
+    tmp_path: Path, backend: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    truncated = cut(write_clip(tmp_path / "noise.mkv", noise=True))
+    with caplog.at_level(logging.WARNING, logger="assistant.sources"):
+        source = VideoFileSource(truncated, backend=backend)
+        frames = list(source)
+    assert source.backend == backend
+    assert 5 < len(frames) < N
+    assert [f.t for f in frames] == pytest.approx([k / FPS for k in range(len(frames))], abs=1e-9)
+    assert source.end.reason == "truncated" and "declares 3.00 s" in source.end.message
+    assert source.end.frames_yielded == len(frames)
+    assert any("truncated" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_truncated_faststart_mp4(tmp_path: Path, backend: str, caplog: pytest.LogCaptureFixture) -> None:
+    """decord cannot open an mp4 cut mid-data, so that backend falls back to PyAV with a warning."""
+    truncated = cut(write_clip(tmp_path / "noise.mp4", options={"movflags": "faststart"}, noise=True))
+    with caplog.at_level(logging.WARNING, logger="assistant.sources"):
+        source = VideoFileSource(truncated, backend=backend)
+        frames = list(source)
+    assert source.backend == "pyav"
+    assert 5 < len(frames) < N and frames[-1].t == pytest.approx((len(frames) - 1) / FPS)
+    assert source.end.reason == "truncated"
+    if backend == "decord":
+        assert any("decoding with PyAV instead" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_corrupt_middle_skips_bad_frames_and_goes_on(tmp_path: Path, backend: str) -> None:
+    path = write_clip(tmp_path / "noise.mp4", options={"movflags": "faststart"}, noise=True)
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + len(data) // 12] = np.random.default_rng(1).bytes(len(data) // 12)
+    path.write_bytes(bytes(data))
+    source = VideoFileSource(path, backend=backend)
     frames = list(source)
-    assert 10 < len(frames) < 60
-    assert source.end.reason in ("eof", "truncated") and source.end.frames_yielded == len(frames)
+    assert 15 < len(frames) < N and frames[-1].t == pytest.approx(2.9)
+    assert source.end.reason == "truncated" and "could not be decoded" in source.end.message
 
 
-def test_http_stream_on_loopback(clip: Path) -> None:
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(clip.parent))
+# --- pacing, closing, re-iteration ---
+
+
+def test_realtime_pacing_of_a_file(clip: Path) -> None:
+    started = time.monotonic()
+    frames = list(VideoFileSource(clip, fps=2, pace="realtime", end=1.01))
+    assert [f.t for f in frames] == pytest.approx([0.0, 0.5, 1.0])
+    assert time.monotonic() - started >= 0.95
+
+
+def test_close_from_another_thread_stops_a_paced_file(clip: Path) -> None:
+    source = VideoFileSource(clip, pace="realtime")
+    threading.Timer(0.3, source.close).start()
+    started = time.monotonic()
+    frames = list(source)
+    assert time.monotonic() - started < 2.0
+    assert 1 <= len(frames) < N and source.end.reason == "closed"
+
+
+def test_context_manager_close_and_reiteration(clip: Path) -> None:
+    with VideoFileSource(clip, fps=5) as source:
+        assert isinstance(source, FrameSource)
+        assert [f.source_index for f in source] == [0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28]
+        assert [f.source_index for f in source][:3] == [0, 2, 4]  # a file can be read again
+        for frame in source:
+            if frame.index == 2:
+                break
+    assert source.end.reason == "closed" and source.end.frames_yielded == 2
+    source.close()  # idempotent
+    assert list(source) == [] and source.end.reason == "closed"
+
+
+def test_one_consumer_at_a_time(clip: Path) -> None:
+    source = VideoFileSource(clip)
+    first = iter(source)
+    next(first)
+    with pytest.raises(RuntimeError, match="already being iterated"):
+        next(iter(source))
+    first.close()
+    assert source.end.reason == "closed"
+
+
+def test_fps_sampler() -> None:
+    s = FpsSampler(2.0)
+    # due times stay on the 0.5 s grid; after the gap, 3.1 is taken and the next due time is 3.5
+    assert [s.accept(t) for t in (0.0, 0.2, 0.5, 0.6, 3.1, 3.5, 3.6, 3.5)] == [
+        *(True, False, True, False, True, True, False, False)
+    ]
+    s = FpsSampler(10.0)
+    t, kept = 0.0, 0
+    for _ in range(100):  # accumulated float error stays within the tolerance
+        kept += s.accept(t)
+        t += 0.1
+    assert kept == 100
+    s = FpsSampler(10.0)
+    assert [s.accept(t) for t in (1.0, 1.0999995, 1.19999)] == [True, True, False]
+    assert all(FpsSampler(None).accept(t) for t in (0.0, 0.0, 0.001))
+    for bad in (0, -1, float("nan"), float("inf"), True, "2"):
+        with pytest.raises(ValueError, match="fps must be a positive number"):
+            FpsSampler(bad)  # type: ignore[arg-type]
+
+
+def test_pacer() -> None:
+    pacer = Pacer("realtime")
+    started = time.monotonic()
+    for t in (10.0, 10.5, 11.0):
+        pacer.wait(t)
+    assert time.monotonic() - started >= 0.95
+    fast = Pacer(4.0)
+    started = time.monotonic()
+    for t in (0.0, 1.0, 2.0):
+        fast.wait(t)
+    assert time.monotonic() - started >= 0.45
+    unpaced = Pacer("max")
+    started = time.monotonic()
+    for t in range(10_000):  # paced, this would take hours
+        unpaced.wait(float(t))
+    assert time.monotonic() - started < 5
+    interrupt = threading.Event()
+    interrupted = Pacer(1.0, interrupt=interrupt)
+    interrupted.wait(0.0)
+    interrupt.set()
+    started = time.monotonic()
+    interrupted.wait(1000.0)
+    assert time.monotonic() - started < 5
+    for bad in (0, -1.0, "slow", True):
+        with pytest.raises(ValueError, match="pace must be"):
+            Pacer(bad)  # type: ignore[arg-type]
+
+
+# --- streams ---
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def serve(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/{clip.name}"
-        streamed = list(open_source(url, fps=2))
-        assert [f.t for f in streamed] == pytest.approx([f.t for f in VideoFileSource(clip, fps=2)])
+        yield f"http://127.0.0.1:{server.server_address[1]}"
     finally:
         server.shutdown()
+        server.server_close()
 
 
-def test_unreachable_stream_fails_fast() -> None:
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_http_stream_gives_the_same_frames_as_the_file(clip: Path) -> None:
+    handler = functools.partial(_QuietHandler, directory=str(clip.parent))
+    with serve(handler) as base:  # type: ignore[arg-type]
+        source = open_source(f"{base}/{clip.name}", fps=2)
+        assert isinstance(source, StreamSource)
+        streamed = list(source)
+    from_file = list(VideoFileSource(clip, fps=2))
+    assert [f.t for f in streamed] == [f.t for f in from_file] == pytest.approx([0, 0.5, 1, 1.5, 2, 2.5])
+    assert [f.source_index for f in streamed] == [f.source_index for f in from_file]
+    assert all(np.array_equal(a.image, b.image) for a, b in zip(streamed, from_file, strict=True))
+    assert source.end.reason == "eof"
+    assert list(source) == [] and "already been read" in source.end.message
+
+
+@pytest.mark.parametrize("mode", ["drop", "stall"])
+def test_stream_that_stops_sending_ends_with_error(tmp_path: Path, mode: str) -> None:
+    payload = write_clip(tmp_path / "noise.ts", container_format="mpegts", noise=True).read_bytes()
+    release = threading.Event()
+
+    class Partial(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "video/mp2t")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload[: len(payload) // 2])
+            self.wfile.flush()
+            if mode == "stall":
+                release.wait(30)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    with serve(Partial) as base:
+        started = time.monotonic()
+        try:
+            source = StreamSource(f"{base}/live.ts", open_timeout=2, read_timeout=1)
+            frames = list(source)
+        finally:
+            release.set()
+        elapsed = time.monotonic() - started
+    assert elapsed < 8
+    assert 3 <= len(frames) < N
+    assert source.end.reason == "error" and f"{base}/live.ts" in source.end.message
+    assert "stopped after" in source.end.message
+
+
+@pytest.mark.parametrize("scheme", ["http", "rtsp"])
+def test_unreachable_stream_fails_fast_at_open(scheme: str) -> None:
+    url = f"{scheme}://127.0.0.1:{closed_port()}/live"
     started = time.monotonic()
-    with pytest.raises(SourceOpenError):
-        StreamSource("http://127.0.0.1:9/none.mp4", open_timeout=2, read_timeout=2)
-    assert time.monotonic() - started < 10
+    with pytest.raises(SourceOpenError, match=f"cannot open '{url}'"):
+        open_source(url)
+    assert time.monotonic() - started < 5
 
 
-def _png(w: int, h: int, value: int = 128) -> bytes:
+def test_stream_arguments_are_checked_before_connecting() -> None:
+    with pytest.raises(ValueError, match="read_timeout"):
+        StreamSource("rtsp://127.0.0.1:1/x", read_timeout=0)
+
+
+def test_open_source_dispatch(clip: Path) -> None:
+    assert isinstance(open_source("push"), PushSource)
+    for spec in (str(clip), clip, f"file://{clip}"):
+        source = open_source(spec, fps=2)
+        assert isinstance(source, VideoFileSource) and len(list(source)) == 6
+    with pytest.raises(SourceNotFoundError):
+        open_source("no/such/video.mp4")
+
+
+# --- pushed frames ---
+
+
+def encode(image: np.ndarray, fmt: str, **params: object) -> bytes:
     buf = io.BytesIO()
-    Image.fromarray(np.full((h, w, 3), value, np.uint8)).save(buf, format="PNG")
+    Image.fromarray(image).save(buf, format=fmt, **params)
     return buf.getvalue()
 
 
-def test_push_source_from_another_thread() -> None:
-    source = PushSource(max_queue=100)
+def solid(value: int, size: int = 16) -> np.ndarray:
+    return np.full((size, size, 3), value, np.uint8)
+
+
+def test_push_from_a_producer_thread_to_a_consumer() -> None:
+    source = PushSource()
+    rgba = np.dstack([solid(70), np.zeros((16, 16), np.uint8)])
+    items: list[object] = [
+        *(solid(k * 40) for k in range(5)),
+        encode(solid(200), "JPEG", quality=95),
+        encode(solid(100), "PNG"),
+        encode(solid(50), "WEBP", lossless=True),
+        Image.fromarray(solid(30)),
+        rgba,
+        np.full((16, 16), 90, np.uint8),
+    ]
+    expected = [0, 40, 80, 120, 160, 200, 100, 50, 30, 70, 90]
 
     def produce() -> None:
-        for k in range(5):
-            source.push(np.full((8, 8, 3), k, np.uint8), t=k * 0.5)
-        jpeg = io.BytesIO()
-        Image.fromarray(np.full((8, 8, 3), 200, np.uint8)).save(jpeg, format="JPEG")
-        source.push(jpeg.getvalue(), t=3.0)
-        source.push(_png(8, 8), t=3.5)
+        for k, item in enumerate(items):
+            assert source.push(item, t=k * 0.5)  # type: ignore[arg-type]
+            time.sleep(0.002)
         source.close()
 
-    threading.Thread(target=produce).start()
+    producer = threading.Thread(target=produce)
+    producer.start()
     frames = list(source)
-    assert [f.t for f in frames] == [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 3.5]
-    assert abs(int(frames[5].image.mean()) - 200) <= 3
-    assert source.end.reason == "closed" and not source.push(np.zeros((8, 8, 3), np.uint8))
+    producer.join()
+    assert [f.t for f in frames] == [k * 0.5 for k in range(len(items))]
+    assert [f.source_index for f in frames] == [f.index for f in frames] == list(range(len(items)))
+    assert all(f.image.shape == (16, 16, 3) and f.image.flags.c_contiguous for f in frames)
+    assert all(abs(grey(f) - value) <= 2 for f, value in zip(frames, expected, strict=True))
+    assert source.end.reason == "closed" and source.end.frames_yielded == len(items)
+    assert (source.accepted, source.dropped, source.rejected) == (len(items), 0, 0)
+    assert source.push(solid(0)) is False
 
 
 def test_push_rejects_bad_frames_and_keeps_working() -> None:
     source = PushSource()
-    source.push(np.zeros((8, 8, 3), np.uint8), t=1.0)
-    bad = [
-        (b"\x89PNG\r\n\x1a\n garbage", "not a decodable image"),
-        (_png(8, 8)[:40], "not a decodable image"),
-        (b"", "empty"),
-        (np.zeros((8, 8, 2), np.uint8), r"\[H, W, 3\]"),
-        (np.zeros((8, 8, 3), np.float32), "uint8"),
+    assert source.push(solid(10), t=1.0)
+    png = encode(solid(10), "PNG")
+    bad: list[tuple[object, float | None, str]] = [
+        (b"\x89PNG\r\n\x1a\n not really a png", 2.0, "not a decodable JPEG/PNG/WEBP image"),
+        (png[: len(png) // 2], 2.0, "not a decodable"),
+        (encode(solid(10), "JPEG")[:200], 2.0, "not a decodable"),
+        (encode(solid(10), "BMP"), 2.0, "not a decodable"),  # a format we do not accept
+        (b"", 2.0, "empty image data"),
+        (np.zeros((8, 8, 2), np.uint8), 2.0, r"expected an \[H, W, 3\]"),
+        (np.zeros((2, 8, 8, 3), np.uint8), 2.0, r"expected an \[H, W, 3\]"),
+        (np.zeros((0, 8, 3), np.uint8), 2.0, r"expected an \[H, W, 3\]"),
+        (np.zeros((8, 8, 3), np.float32), 2.0, "uint8"),
+        ([[0, 0, 0]], 2.0, "numpy arrays"),
+        (solid(10), float("nan"), "finite number"),
+        (solid(10), 0.5, "before the previous frame"),
     ]
-    for data, message in bad:
+    for data, t, message in bad:
         with pytest.raises(InvalidFrameError, match=message):
-            source.push(data, t=2.0)
-    with pytest.raises(InvalidFrameError, match="before the previous frame"):
-        source.push(np.zeros((8, 8, 3), np.uint8), t=0.5)
-    source.push(np.zeros((8, 8), np.uint8), t=2.0)  # gray is converted
+            source.push(data, t=t)  # type: ignore[arg-type]
+    assert source.rejected == len(bad) and source.accepted == 1
+    assert source.push(png, t=2.0)
     source.close()
     assert [f.t for f in source] == [1.0, 2.0]
+    assert issubclass(InvalidFrameError, ValueError)
 
 
-def _declared(w: int, h: int) -> bytes:
-    """A tiny PNG whose header declares w x h pixels."""
-    header = _png(8, 8)
-    chunk = b"IHDR" + struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
-    return header[:8] + struct.pack(">I", 13) + chunk + struct.pack(">I", zlib.crc32(chunk)) + header[33:]
+def test_push_copies_the_producers_buffer() -> None:
+    source = PushSource()
+    buffer = solid(5)
+    source.push(buffer, t=0.0)
+    buffer[:] = 250  # a webcam reusing its buffer
+    source.close()
+    assert grey(next(iter(source))) == 5
 
 
-@pytest.mark.parametrize(("w", "h"), [(5000, 5000), (100_000, 100_000)])
-def test_decompression_bomb_is_rejected(w: int, h: int) -> None:
-    started = time.monotonic()
-    with pytest.raises(InvalidFrameError, match="exceeds"):
-        decode_image(_declared(w, h), max_pixels=4096 * 4096)
-    assert time.monotonic() - started < 5
+def test_push_arrival_times() -> None:
+    source = PushSource()
+    for _ in range(3):
+        source.push(solid(1))
+        time.sleep(0.05)
+    source.close()
+    times = [f.t for f in source]
+    assert times[0] == 0.0 and times[1] >= 0.045 and times[2] >= times[1] + 0.045
 
 
-def test_push_backpressure_drops_oldest() -> None:
+def test_push_backpressure_drops_the_oldest() -> None:
     source = PushSource(max_queue=3)
     for k in range(7):
-        source.push(np.full((4, 4, 3), k, np.uint8), t=float(k))
+        assert source.push(solid(k), t=float(k))
     source.close()
     frames = list(source)
-    assert [f.t for f in frames] == [4.0, 5.0, 6.0] or [f.t for f in frames] == [5.0, 6.0]
-    assert source.dropped == 7 - len(frames) and source.accepted == 7
+    assert [f.t for f in frames] == [4.0, 5.0, 6.0]
+    assert [f.source_index for f in frames] == [4, 5, 6] and [f.index for f in frames] == [0, 1, 2]
+    assert (source.dropped, source.accepted) == (4, 7)
+    assert "4 dropped for backpressure" in source.end.message
 
 
-def test_sampler_and_pacer() -> None:
-    s = FpsSampler(2.0)
-    # due times stay on the 0.5 s grid: after the gap, 3.1 is taken and the next due is 3.5
-    assert [s.accept(t) for t in (0.0, 0.2, 0.5, 0.6, 3.1, 3.5, 3.6)] == [True, False, True, False, True, True, False]
-    with pytest.raises(ValueError, match="positive"):
-        FpsSampler(0)
-    with pytest.raises(ValueError, match="pace"):
-        Pacer(-1)
-    pacer = Pacer("realtime")
+def test_close_ends_a_waiting_consumer() -> None:
+    source = PushSource()
+    got: list[Frame] = []
+    consumer = threading.Thread(target=lambda: got.extend(source))
+    consumer.start()
+    source.push(solid(1), t=0.0)
+    time.sleep(0.1)
+    source.close()
+    consumer.join(timeout=5)
+    assert not consumer.is_alive() and len(got) == 1 and source.end.reason == "closed"
+
+
+def test_push_sampling() -> None:
+    source = PushSource(fps=2)
+    for k in range(20):
+        source.push(solid(k), t=k / 10)
+    source.close()
+    assert [f.t for f in source] == [0.0, 0.5, 1.0, 1.5]
+    with pytest.raises(ValueError, match="max_queue"):
+        PushSource(max_queue=0)
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A small valid PNG whose header is rewritten to declare width x height pixels."""
+    png = encode(solid(0, 8), "PNG")
+    ihdr = b"IHDR" + struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return png[:8] + struct.pack(">I", 13) + ihdr + struct.pack(">I", zlib.crc32(ihdr)) + png[33:]
+
+
+@pytest.mark.parametrize(("width", "height"), [(5000, 5000), (100_000, 100_000)])
+def test_declared_huge_image_is_rejected_before_decoding(width: int, height: int) -> None:
     started = time.monotonic()
-    for t in (0.0, 0.5, 1.0):
-        pacer.wait(t)
-    assert time.monotonic() - started >= 0.95
+    with pytest.raises(InvalidFrameError, match="exceeds"):
+        decode_image(png_declaring(width, height))
+    assert time.monotonic() - started < 2
 
 
-def test_realtime_file_pacing(clip: Path) -> None:
-    started = time.monotonic()
-    frames = list(VideoFileSource(clip, fps=2, pace="realtime", end=1.01))
-    assert len(frames) == 3 and time.monotonic() - started >= 0.95
+def test_decompression_bomb_is_rejected() -> None:
+    buf = io.BytesIO()
+    Image.new("1", (6000, 6000)).save(buf, format="PNG")  # 36 Mpx in a few kB
+    bomb = buf.getvalue()
+    assert len(bomb) < 100_000
+    source = PushSource()
+    with pytest.raises(InvalidFrameError, match="6000x6000 exceeds the limit of 16777216 pixels"):
+        source.push(bomb)
+    small = PushSource(max_pixels=100)
+    with pytest.raises(InvalidFrameError, match="exceeds"):
+        small.push(Image.new("RGB", (20, 20)))
+    with pytest.raises(InvalidFrameError, match="exceeds"):
+        small.push(np.zeros((20, 20, 3), np.uint8))
+    assert small.push(np.zeros((10, 10, 3), np.uint8)) and decode_image(
+        encode(solid(3, 10), "PNG"), 100
+    ).shape == (
+        10,
+        10,
+        3,
+    )
 
 
-def test_async_iteration(clip: Path) -> None:
+# --- asyncio ---
+
+
+def test_aiter_frames_under_asyncio_run(clip: Path) -> None:
     async def collect() -> list[float]:
         return [f.t async for f in aiter_frames(VideoFileSource(clip, fps=1))]
 
     assert asyncio.run(collect()) == pytest.approx([0.0, 1.0, 2.0])
+
+
+def test_aiter_frames_leaving_early_closes_the_source() -> None:
+    source = PushSource()
+
+    def produce() -> None:
+        k = 0
+        while source.push(solid(k % 256), t=k / 100):
+            k += 1
+            time.sleep(0.001)
+
+    async def take_three() -> list[Frame]:
+        got = []
+        async with contextlib.aclosing(aiter_frames(source)) as frames:
+            async for frame in frames:
+                got.append(frame)
+                if len(got) == 3:
+                    break
+        return got
+
+    producer = threading.Thread(target=produce)
+    producer.start()
+    got = asyncio.run(take_three())
+    producer.join(timeout=5)
+    assert [f.index for f in got] == [0, 1, 2] and not producer.is_alive()
+    assert source.push(solid(0)) is False
+
+
+def test_aiter_frames_raises_source_errors() -> None:
+    def failing() -> Iterator[Frame]:
+        yield Frame(0, 0.0, solid(0), 0)
+        raise SourceError("the camera went away")
+
+    async def collect() -> list[Frame]:
+        return [f async for f in aiter_frames(failing())]
+
+    with pytest.raises(SourceError, match="camera went away"):
+        asyncio.run(collect())
+
+
+def test_aiter_frames_leaving_a_plain_iterable_early() -> None:
+    def endless() -> Iterator[Frame]:
+        k = 0
+        while True:
+            yield Frame(k, k / 10, solid(0), k)
+            k += 1
+
+    async def take_two() -> list[int]:
+        got = []
+        async with contextlib.aclosing(aiter_frames(endless(), max_buffered=2)) as frames:
+            async for frame in frames:
+                got.append(frame.index)
+                if len(got) == 2:
+                    break
+        return got
+
+    assert asyncio.run(take_two()) == [0, 1]

@@ -172,3 +172,17 @@ def test_streamingbench_proactive_native_mode(tmp_path, vigil_home) -> None:
     assert record["answer_time"] is None or record["answer_time"] >= 2.0  # causal: never before it was asked
     score = vigil("eval", "streamingbench", "score", str(tmp_path / "sb" / "vigil_streamingbench_live.jsonl"))
     assert score.returncode == 0, score.stderr
+
+
+def test_forward_tasks_in_native_mode(ovo_setup, tmp_path, vigil_home) -> None:
+    anno, videos = ovo_setup
+    report = _run(anno, videos, tmp_path / "native", "live", "--forward", "native")
+    assert report["answered"] == 2  # the two multiple-choice items were asked; the polls were read
+    doc = json.loads((tmp_path / "native" / "vigil_ovo_live.json").read_text())
+    polls = {item["task"]: [p["response"] for p in item["test_info"]] for item in doc["forward"]}
+    assert set(polls) == {"REC", "SSR"}
+    counts = [int(r) for r in polls["REC"]]
+    assert counts == sorted(counts) and all(c >= 0 for c in counts)  # a count of rising edges never goes down
+    assert all(r in ("Yes", "No") for r in polls["SSR"])
+    results = ovo_bench.load_results(tmp_path / "native" / "vigil_ovo_live.json")
+    assert results.query_count == 5
