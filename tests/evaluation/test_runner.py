@@ -106,6 +106,21 @@ def test_missing_videos_are_reported_or_skipped(ovo_setup, tmp_path, vigil_home)
     assert report["answered"] == 4 and len(report["missing_videos"]) == 1
 
 
+def _sb_run(anno: Path, tmp_path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return vigil(
+        "eval",
+        "streamingbench",
+        "run",
+        "--anno",
+        str(anno),
+        "--videos",
+        str(tmp_path),
+        "--out",
+        str(tmp_path / "sb"),
+        *extra,
+    )
+
+
 def test_streamingbench_run(tmp_path, vigil_home) -> None:
     records = json.loads((SHARED / "streamingbench" / "questions_real_sample.json").read_text())
     segment = dict(records[0])
@@ -116,23 +131,7 @@ def test_streamingbench_run(tmp_path, vigil_home) -> None:
     anno = tmp_path / "questions_real.json"
     anno.write_text(json.dumps([segment]))
     write_clip(tmp_path / "clip.mp4", seconds=8, fps=5, width=160, height=120)
-    out = vigil(
-        "eval",
-        "streamingbench",
-        "run",
-        "--anno",
-        str(anno),
-        "--videos",
-        str(tmp_path),
-        "--mode",
-        "live",
-        "--out",
-        str(tmp_path / "sb"),
-        "--max-new-tokens",
-        "2",
-        "--fps",
-        "2",
-    )
+    out = _sb_run(anno, tmp_path, "--mode", "live", "--max-new-tokens", "2", "--fps", "2")
     assert out.returncode == 0, out.stderr
     lines = (tmp_path / "sb" / "vigil_streamingbench_live.jsonl").read_text().splitlines()
     assert len(lines) == len(segment["questions"])
@@ -149,21 +148,7 @@ def test_streamingbench_proactive_native_mode(tmp_path, vigil_home) -> None:
     anno = tmp_path / "questions_proactive.json"
     anno.write_text(json.dumps([segment]))
     write_clip(tmp_path / "clip.mp4", seconds=10, fps=5, width=160, height=120, cut_times=(5.0,))
-    out = vigil(
-        "eval",
-        "streamingbench",
-        "run",
-        "--anno",
-        str(anno),
-        "--videos",
-        str(tmp_path),
-        "--out",
-        str(tmp_path / "sb"),
-        "--max-new-tokens",
-        "4",
-        "--fps",
-        "2",
-    )
+    out = _sb_run(anno, tmp_path, "--max-new-tokens", "4", "--fps", "2")
     assert out.returncode == 0, out.stderr
     assert "answered by the decision module" in out.stdout
     (line,) = (tmp_path / "sb" / "vigil_streamingbench_live.jsonl").read_text().splitlines()
