@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -56,7 +57,12 @@ class PerceptionConfig(_Config):
     @field_validator("drop", mode="before")
     @classmethod
     def _drop_from_dict(cls, value: object) -> object:
-        return DropPolicy(**value) if isinstance(value, dict) else value
+        if not isinstance(value, dict):
+            return value
+        unknown = sorted(set(value) - {f.name for f in dataclasses.fields(DropPolicy)})
+        if unknown:
+            raise ValueError(f"unknown drop option(s) {unknown}; allowed: mode, threshold, drop_ratio, reference")
+        return DropPolicy(**value)
 
     @model_validator(mode="after")
     def _encoder_for_features(self) -> PerceptionConfig:

@@ -94,7 +94,8 @@ class FrameAccepted(SessionEvent):
 @dataclass(frozen=True, slots=True)
 class FrameDropped(SessionEvent):
     reason: str = "backpressure"
-    """``backpressure`` (queue full, oldest dropped) or ``invalid`` (unusable frame)."""
+    """``backpressure`` (queue full, oldest dropped), ``invalid`` (unusable frame) or ``failed`` (perception
+    raised on it; an ``error`` event says why)."""
     detail: str = ""
     type = "frame_dropped"
 

@@ -78,39 +78,43 @@ class EventLog:
         self.session_id = session_id
         self._events: deque[SessionEvent] = deque(maxlen=history)
         self._seq = itertools.count(1)
-        self._changed = asyncio.Condition()
+        self._wake = asyncio.Event()  # set and replaced on every change; followers wait on the one they saw
         self.closed = False
-
-    @property
-    def last_seq(self) -> int:
-        return self._events[-1].seq if self._events else 0
 
     def emit(self, cls: type[SessionEvent], t: float, **fields: Any) -> SessionEvent:
         event = cls(next(self._seq), self.session_id, t, **fields)
         self._events.append(event)
-        asyncio.get_running_loop().create_task(self._notify())
+        self._signal()
         return event
 
-    async def _notify(self) -> None:
-        async with self._changed:
-            self._changed.notify_all()
+    def close(self) -> None:
+        """No more events: followers finish once they have read everything."""
+        self.closed = True
+        self._signal()
+
+    def _signal(self) -> None:
+        self._wake.set()
+        self._wake = asyncio.Event()
 
     def since(self, seq: int) -> list[SessionEvent]:
-        """Kept events after ``seq`` (oldest first)."""
-        return [e for e in self._events if e.seq > seq]
+        """Kept events after ``seq`` (oldest first); sequence numbers are contiguous, so this is a slice."""
+        if not self._events:
+            return []
+        start = max(0, seq + 1 - self._events[0].seq)
+        return list(itertools.islice(self._events, start, None))
 
     async def follow(self, after: int = 0) -> AsyncIterator[SessionEvent]:
         """Every event after ``after``, then live ones, until the session closes."""
         cursor = after
         while True:
+            wake = self._wake
             for event in self.since(cursor):
                 cursor = event.seq
                 yield event
-            if self.closed:
+            if self.closed and not self.since(cursor):
                 return
-            async with self._changed:
-                if not self.since(cursor) and not self.closed:
-                    await self._changed.wait()
+            if not self.since(cursor):
+                await wake.wait()
 
 
 @dataclass(order=True, slots=True)
@@ -146,10 +150,9 @@ class LiveSession:
         self._busy = False
         self._frame_index = 0
         self._last_t: float | None = None
-        self.frames_dropped = {"backpressure": 0, "invalid": 0}
+        self.frames_dropped = {"backpressure": 0, "invalid": 0, "failed": 0}
         self.stream_t = 0.0
         self.processed_frames = 0
-        self.lags: deque[float] = deque(maxlen=10_000)
         self._tasks: list[asyncio.Task] = []
 
     # -- lifecycle -----------------------------------------------------------------------------------------
@@ -179,8 +182,7 @@ class LiveSession:
         with contextlib.suppress(Exception):
             await self.session.close()
         self.events.emit(SessionClosed, self.stream_t, reason=reason)
-        self.events.closed = True
-        await self.events._notify()
+        self.events.close()
 
     @property
     def closed(self) -> bool:
@@ -249,6 +251,8 @@ class LiveSession:
                 log.warning("perception failed on frame %d: %s", frame.index, exc)
                 log.debug("perception failure", exc_info=True)
                 self.events.emit(ErrorEvent, frame.t, code="perception_failed", message=str(exc))
+                self.frames_dropped["failed"] += 1  # every frame is processed or counted as dropped
+                self.events.emit(FrameDropped, frame.t, reason="failed", detail=f"frame {frame.index}")
                 continue
             finally:
                 self._busy = False
@@ -257,7 +261,6 @@ class LiveSession:
             self.events.emit(FrameAccepted, frame.t, index=frame.index)
             if update is not None:
                 lag = time.monotonic() - arrived
-                self.lags.append(lag)
                 self.events.emit(
                     PerceptionStep,
                     update.t_start,
@@ -308,8 +311,7 @@ class LiveSession:
         running = self._running
         if running is not None and running[0].kind in ("narration", "instruction"):
             running[1].cancel()  # a user question does not wait for a proactive message
-        job = self._enqueue("question", question.strip(), self.stream_t if t is None else t)
-        job.options = options
+        job = self._enqueue("question", question.strip(), self.stream_t if t is None else t, options=options)
         return job.answer_id, job.done
 
     def cancel(self, answer_id: str) -> bool:
@@ -331,7 +333,14 @@ class LiveSession:
         return any(j.kind == kind and (monitor is None or j.monitor is monitor) for j in jobs)
 
     def _enqueue(
-        self, kind: str, question: str, t: float, *, monitor: InstructionMonitor | None = None, supersede: bool = False
+        self,
+        kind: str,
+        question: str,
+        t: float,
+        *,
+        monitor: InstructionMonitor | None = None,
+        supersede: bool = False,
+        options: dict[str, Any] | None = None,
     ) -> _Job:
         if supersede:  # a newer proactive message replaces a stale one
             stale = [j for j in self._jobs if j.kind == kind]
@@ -349,6 +358,7 @@ class LiveSession:
             f"a{uuid.uuid4().hex[:12]}",
             monitor,
             asyncio.get_running_loop().create_future(),
+            options or {},
         )
         heapq.heappush(self._jobs, job)
         self._job_ready.set()

@@ -7,10 +7,11 @@ their context lazily, so a question costs the prefill of the question plus what 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
+from assistant.config import EngineConfig
 from memory.store import Evict, MemoryEntry, Pool, Prune
 
 AnswerKind = Literal["question", "instruction", "narration", "probe"]
@@ -134,3 +135,7 @@ class ReactionEngine(Protocol):
     def session_stats(self, session_id: str) -> EngineSessionStats: ...
 
     async def shutdown(self) -> None: ...
+
+
+EngineFactory = Callable[[EngineConfig], ReactionEngine]
+"""Builds an engine from its config (callers above ``assistant/`` decide which implementation)."""

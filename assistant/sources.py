@@ -101,9 +101,7 @@ class FpsSampler:
     """Causal sampling by timestamps: keeps the first frame at or after each due time first_t + k / fps."""
 
     def __init__(self, fps: float | None) -> None:
-        if fps is not None and (
-            isinstance(fps, bool) or not isinstance(fps, int | float) or not 0 < fps < math.inf
-        ):
+        if fps is not None and (isinstance(fps, bool) or not isinstance(fps, int | float) or not 0 < fps < math.inf):
             raise ValueError(f"fps must be a positive number, or None to keep every frame; got {fps!r}")
         self.fps = None if fps is None else float(fps)
         self._first: float | None = None
@@ -129,9 +127,7 @@ class Pacer:
         """``interrupt``, when set, cuts any wait short (used by ``close()``)."""
         if speed == "realtime":
             speed = 1.0
-        if speed != "max" and (
-            isinstance(speed, bool) or not isinstance(speed, int | float) or not speed > 0
-        ):
+        if speed != "max" and (isinstance(speed, bool) or not isinstance(speed, int | float) or not speed > 0):
             raise ValueError(f"pace must be 'realtime', 'max' or a positive speed factor, got {speed!r}")
         self.speed: float | None = None if speed == "max" else float(speed)
         self._interrupt = interrupt if interrupt is not None else threading.Event()
@@ -200,9 +196,7 @@ class _SampledSource:
             if t < self._start - TIME_TOLERANCE:
                 continue
             if self._stop is not None and t >= self._stop - TIME_TOLERANCE:
-                raise _EndOfSource(
-                    "eof", f"{self._label()}: reached the end of the window at {self._stop:g} s"
-                )
+                raise _EndOfSource("eof", f"{self._label()}: reached the end of the window at {self._stop:g} s")
             if sampler.accept(t):
                 yield source_index, t, handle
 
@@ -257,9 +251,7 @@ class _SampledSource:
 # --- PyAV ---
 
 
-def _open_container(
-    target: str, options: dict[str, str] | None = None, timeout: tuple[float, float] | None = None
-):
+def _open_container(target: str, options: dict[str, str] | None = None, timeout: tuple[float, float] | None = None):
     """Open ``target`` with PyAV and check that it has a video stream."""
     import av
 
@@ -404,13 +396,9 @@ def _probe(path: str) -> _VideoInfo:
         except av.FFmpegError:
             pass
         if first is None:
-            raise SourceOpenError(
-                f"{path!r}: no video frame could be decoded; the file is damaged or not video"
-            )
+            raise SourceOpenError(f"{path!r}: no video frame could be decoded; the file is damaged or not video")
         fps = float(stream.average_rate) if stream.average_rate else None
-        stream_duration = (
-            float(stream.duration * tb) if stream.duration is not None and tb is not None else None
-        )
+        stream_duration = float(stream.duration * tb) if stream.duration is not None and tb is not None else None
         container_duration = container.duration / 1_000_000 if container.duration else None
         video_duration = stream_duration
         if video_duration is None and len(container.streams) == 1:
@@ -458,12 +446,7 @@ class _DecordReader:
     def timeline(self, closed: threading.Event, info: _VideoInfo) -> Timeline:
         n = len(self.reader)
         stamps = self.reader.get_frame_timestamp(np.arange(n))[:, 0].astype(np.float64) if n else np.zeros(0)
-        usable = (
-            n > 0
-            and np.isfinite(stamps).all()
-            and np.abs(stamps).max() < 1e9
-            and (np.diff(stamps) >= 0).all()
-        )
+        usable = n > 0 and np.isfinite(stamps).all() and np.abs(stamps).max() < 1e9 and (np.diff(stamps) >= 0).all()
         tb = info.time_base
         if usable and tb is not None:  # decord keeps float32 times: snap them back to whole pts ticks
             ticks = np.rint((stamps - stamps[0]) / float(tb)).astype(np.int64)  # [n]
@@ -732,9 +715,7 @@ def as_rgb(image: np.ndarray, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarra
     if not isinstance(image, np.ndarray):
         raise InvalidFrameError(f"frames must be numpy arrays, got {type(image).__name__}")
     if image.dtype != np.uint8:
-        raise InvalidFrameError(
-            f"frames must be uint8 arrays, got dtype {image.dtype}; convert with .astype(np.uint8)"
-        )
+        raise InvalidFrameError(f"frames must be uint8 arrays, got dtype {image.dtype}; convert with .astype(np.uint8)")
     if image.ndim == 3 and image.shape[2] == 1:
         image = image[..., 0]
     if image.ndim == 2:
@@ -762,9 +743,7 @@ class PushSource(_SampledSource):
     ``close()`` lets iteration drain what is queued, then end with reason "closed".
     """
 
-    def __init__(
-        self, max_queue: int = 64, max_pixels: int = DEFAULT_MAX_PIXELS, fps: float | None = None
-    ) -> None:
+    def __init__(self, max_queue: int = 64, max_pixels: int = DEFAULT_MAX_PIXELS, fps: float | None = None) -> None:
         if isinstance(max_queue, bool) or not isinstance(max_queue, int) or max_queue < 1:
             raise ValueError(f"max_queue must be an integer >= 1, got {max_queue!r}")
         if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
@@ -806,9 +785,7 @@ class PushSource(_SampledSource):
             return False
         try:
             rgb = self._to_rgb(image)
-            if t is not None and (
-                isinstance(t, bool) or not isinstance(t, int | float) or not math.isfinite(t)
-            ):
+            if t is not None and (isinstance(t, bool) or not isinstance(t, int | float) or not math.isfinite(t)):
                 raise InvalidFrameError(f"t must be a finite number of seconds or None, got {t!r}")
         except InvalidFrameError:
             with self._lock:
@@ -844,9 +821,7 @@ class PushSource(_SampledSource):
             try:
                 return np.array(image.convert("RGB"))  # [H, W, 3]
             except Exception as exc:  # a lazily loaded image can fail here
-                raise InvalidFrameError(
-                    f"the PIL image cannot be read ({type(exc).__name__}: {exc})"
-                ) from None
+                raise InvalidFrameError(f"the PIL image cannot be read ({type(exc).__name__}: {exc})") from None
         rgb = as_rgb(image, self.max_pixels)  # type: ignore[arg-type]
         return rgb.copy() if np.shares_memory(rgb, image) else rgb  # the producer may reuse its buffer
 

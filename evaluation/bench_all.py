@@ -11,6 +11,7 @@ from typing import Any
 
 from assistant.config import PerceptionConfig
 from assistant.perception import Perception
+from assistant.reaction import EngineFactory
 from assistant.sources import VideoFileSource
 from evaluation.bench_lag import LagBenchConfig, format_lag_table, run_lag_bench
 from evaluation.bench_latency import LatencyBenchConfig, format_table, run_latency_bench, write_outputs
@@ -61,7 +62,7 @@ def format_perception_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def run_all(adapter: Any, out_dir: str | Path, quick: bool = False) -> dict[str, Any]:
+def run_all(adapter: Any, make_engine: EngineFactory, out_dir: str | Path, quick: bool = False) -> dict[str, Any]:
     """Run every benchmark; JSON, markdown tables and plots go to ``out_dir``; returns the combined result."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -70,10 +71,10 @@ def run_all(adapter: Any, out_dir: str | Path, quick: bool = False) -> dict[str,
         perception = perception_throughput(adapter, clip.path)
         scene = run_scene_bench(clip.path, fps=4.0, frames_per_step=1, cut_times=clip.cut_times)
     latency_cfg = LatencyBenchConfig(minutes=(0.5, 2.0) if quick else (1.0, 10.0, 60.0), questions=3 if quick else 5)
-    latency = run_latency_bench(adapter, latency_cfg)
+    latency = run_latency_bench(adapter, make_engine, latency_cfg)
     write_outputs(latency, out)
     lag_cfg = LagBenchConfig(sessions=(1, 2) if quick else (1, 4, 8), seconds=5.0 if quick else 20.0)
-    lag = run_lag_bench(adapter, lag_cfg)
+    lag = run_lag_bench(adapter, make_engine, lag_cfg)
     result = {
         "model": getattr(adapter, "name", "?"),
         "device": str(adapter.device),

@@ -44,9 +44,7 @@ def read_json(path: str | Path) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise BenchmarkFormatError(
-            p, f"not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
-        ) from exc
+        raise BenchmarkFormatError(p, f"not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from exc
 
 
 def read_jsonl(path: str | Path) -> list[Any]:

@@ -16,6 +16,7 @@ import numpy as np
 
 from assistant.config import VigilConfig
 from assistant.orchestrator import LiveSession, Orchestrator, SessionOptions
+from assistant.reaction import EngineFactory
 from evaluation.report import percentile
 
 
@@ -59,30 +60,26 @@ async def _talk(live: LiveSession, cfg: LagBenchConfig, start: float, busy: dict
     return answers
 
 
-async def run_lag(adapter: Any, sessions: int, cfg: LagBenchConfig) -> dict[str, Any]:
+async def run_lag(adapter: Any, make_engine: EngineFactory, sessions: int, cfg: LagBenchConfig) -> dict[str, Any]:
     """One run with ``sessions`` concurrent sessions."""
-    from serving.engines.hf import HFEngine
-
     config = VigilConfig(
         perception={"fps": cfg.fps, "drop": {"mode": "pixel"}},
         memory={"budget_tokens": 2048, "archive": "none"},
         engine={"max_new_tokens": cfg.answer_tokens},
     )
-    orch = Orchestrator(HFEngine(adapter, config.engine), adapter, config)
+    orch = Orchestrator(make_engine(config.engine), adapter, config)
     lives = [await orch.create_session(SessionOptions(frame_queue=64)) for _ in range(sessions)]
     busy = {live.session_id: False for live in lives}
     start = time.monotonic()
     feeders = [asyncio.create_task(_feed(live, i, cfg, start)) for i, live in enumerate(lives)]
     talkers = [asyncio.create_task(_talk(live, cfg, start, busy)) for live in lives]
     lags: list[float] = []
-    processed_during: list[int] = []
     while time.monotonic() - start < cfg.seconds:
         await asyncio.sleep(cfg.sample_every_s)
         elapsed = time.monotonic() - start
         for live in lives:
             if busy[live.session_id] and live.processed_frames:
                 lags.append(max(0.0, elapsed - live.stream_t))
-                processed_during.append(live.processed_frames)
     await asyncio.gather(*feeders)
     answers = await asyncio.gather(*talkers)
     dropped = sum(live.frames_dropped["backpressure"] for live in lives)
@@ -100,8 +97,8 @@ async def run_lag(adapter: Any, sessions: int, cfg: LagBenchConfig) -> dict[str,
     }
 
 
-def run_lag_bench(adapter: Any, cfg: LagBenchConfig) -> dict[str, Any]:
-    runs = [asyncio.run(run_lag(adapter, n, cfg)) for n in cfg.sessions]
+def run_lag_bench(adapter: Any, make_engine: EngineFactory, cfg: LagBenchConfig) -> dict[str, Any]:
+    runs = [asyncio.run(run_lag(adapter, make_engine, n, cfg)) for n in cfg.sessions]
     return {"config": asdict(cfg), "model": getattr(adapter, "name", "?"), "device": str(adapter.device), "runs": runs}
 
 

@@ -20,7 +20,7 @@ import torch
 from assistant.config import VigilConfig
 from assistant.events import PerceptionUpdate
 from assistant.models.preprocess import vision_positions
-from assistant.replay import ScheduledQuestion, answer_one
+from assistant.reaction import AnswerDone, EngineFactory
 from assistant.session import Session
 from evaluation.report import percentile, write_report
 
@@ -119,10 +119,10 @@ def synthetic_updates(cfg: LatencyBenchConfig, hidden: int, steps: int, interval
         )
 
 
-async def run_stream(adapter: Any, cfg: LatencyBenchConfig, minutes: float, reuse_kv: bool) -> StreamRun:
+async def run_stream(
+    adapter: Any, make_engine: EngineFactory, cfg: LatencyBenchConfig, minutes: float, reuse_kv: bool
+) -> StreamRun:
     """Feed ``minutes`` of synthetic stream through a session, then ask the questions."""
-    from serving.engines.hf import HFEngine
-
     config = VigilConfig(
         perception={"fps": cfg.fps, "frames_per_step": cfg.frames_per_step},
         memory={"budget_tokens": cfg.budget_tokens, "archive": "none"},
@@ -133,7 +133,7 @@ async def run_stream(adapter: Any, cfg: LatencyBenchConfig, minutes: float, reus
             "text_window_tokens": 256,
         },
     )
-    engine = HFEngine(adapter, config.engine)
+    engine = make_engine(config.engine)
     session = Session(f"bench-{minutes}-{reuse_kv}", config, adapter, engine)
     await session.start()
     run = StreamRun(minutes, "vigil" if reuse_kv else "reprefill")
@@ -161,23 +161,25 @@ async def run_stream(adapter: Any, cfg: LatencyBenchConfig, minutes: float, reus
         run.steps = steps
         t_end = steps * cfg.frames_per_step / cfg.fps
         for i in range(cfg.questions):
-            q = ScheduledQuestion(t_end, QUESTIONS[i % len(QUESTIONS)])
-            record = await answer_one(session, q, lambda: t_end)
-            run.ttft_s.append(record.ttft_s)
-            run.total_s.append(record.total_s)
-            run.prompt_tokens.append(record.prompt_tokens)
-            run.cached_tokens.append(record.cached_tokens)
+            stats = None
+            async for event in session.ask(QUESTIONS[i % len(QUESTIONS)], t_end):
+                if isinstance(event, AnswerDone):
+                    stats = event.stats
+            run.ttft_s.append(stats.ttft_s)
+            run.total_s.append(stats.total_s)
+            run.prompt_tokens.append(stats.prompt_tokens)
+            run.cached_tokens.append(stats.cached_tokens)
     finally:
         await engine.shutdown()
     return run
 
 
-def run_latency_bench(adapter: Any, cfg: LatencyBenchConfig) -> dict[str, Any]:
+def run_latency_bench(adapter: Any, make_engine: EngineFactory, cfg: LatencyBenchConfig) -> dict[str, Any]:
     """Every stream length under both modes; ratios computed within this one run."""
     runs = []
     for minutes in cfg.minutes:
         for reuse in (True, False):
-            runs.append(asyncio.run(run_stream(adapter, cfg, minutes, reuse)))
+            runs.append(asyncio.run(run_stream(adapter, make_engine, cfg, minutes, reuse)))
     by = {(r.minutes, r.mode): r.summary() for r in runs}
     lo, hi = min(cfg.minutes), max(cfg.minutes)
     mid = 10.0 if 10.0 in cfg.minutes else hi

@@ -182,16 +182,18 @@ def _sb_score(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------------------------------
 
 
-RunnerSetup = Callable[[argparse.Namespace], tuple[Any, Any, Any]]
-"""From parsed options: (model adapter, VigilConfig, engine factory) for benchmark runs."""
+Runtime = tuple[Any, Any, Any]
+"""(model adapter, VigilConfig, engine factory) for benchmark runs."""
+RunnerSetup = Callable[[argparse.Namespace], Runtime]
+"""Loads the runtime from parsed options."""
 
 
-def _run_queries(args: argparse.Namespace, setup: RunnerSetup, queries: list[Any], name: str) -> tuple[dict, Any]:
+def _run_queries(args: argparse.Namespace, runtime: Runtime, queries: list[Any], name: str) -> tuple[dict, Any]:
     from tqdm import tqdm
 
     from evaluation.runner import run
 
-    adapter, config, make_engine = setup(args)
+    adapter, config, make_engine = runtime
     with tqdm(total=len(queries), unit="query", desc=f"{name} {args.mode}", file=sys.stderr) as bar:
         answers, report = run(
             queries,
@@ -249,13 +251,9 @@ def _ovo_run(setup: RunnerSetup) -> Handler:
         queries = ovo_bench.expand_queries(items)
         native = [q for q in queries if q.poll_index is not None] if args.forward == "native" else []
         asked = [q for q in queries if q not in native]
-        runtime = setup(args)  # load the model once for both parts
-
-        def loaded(_: argparse.Namespace) -> tuple[Any, Any, Any]:
-            return runtime
-
+        runtime = setup(args)  # the model is loaded once for both parts
         runs = [RunQuery(q.key, q.video_path(args.videos), q.ask_time, q.prompt) for q in asked]
-        answers, report = _run_queries(args, loaded, runs, "ovo")
+        answers, report = _run_queries(args, runtime, runs, "ovo")
         if native:
             adapter, config, make_engine = runtime
             native_answers, native_report = asyncio.run(
@@ -294,20 +292,16 @@ def _sb_run(setup: RunnerSetup) -> Handler:
         questions = [q for path in args.anno for q in streamingbench.load_questions(path, args.kind)]
         proactive = _limit([q for q in questions if q.is_proactive], args.limit)
         questions = _limit([q for q in questions if not q.is_proactive], args.limit)
-        runtime = setup(args)  # load the model once for both parts
-
-        def loaded(_: argparse.Namespace) -> tuple[Any, Any, Any]:
-            return runtime
-
+        runtime = setup(args)  # the model is loaded once for both parts
         earlier: dict[str, list[Any]] = {}
         runs = []
         for q in sorted(questions, key=lambda q: (q.video_path, q.ask_time)):
             previous = earlier.setdefault(q.video_path, [])
             runs.append(RunQuery(q.key, Path(args.videos) / q.video_path, q.ask_time, q.prompt(previous)))
             previous.append(q)
-        answers, report = _run_queries(args, loaded, runs, "streamingbench")
+        answers, report = _run_queries(args, runtime, runs, "streamingbench")
         records = [streamingbench.result_record(q, answers[q.key]) for q in questions if q.key in answers]
-        records += _sb_proactive(args, loaded, proactive)
+        records += _sb_proactive(args, runtime, proactive)
         path = streamingbench.write_results(Path(args.out) / f"vigil_streamingbench_{args.mode}.jsonl", records)
         score = streamingbench.score_results(streamingbench.load_results(path))
         overall = ", ".join(f"{kind} {_pct(a.accuracy)}" for kind, a in score.kinds.items())
@@ -320,7 +314,7 @@ def _sb_run(setup: RunnerSetup) -> Handler:
     return run_sb
 
 
-def _sb_proactive(args: argparse.Namespace, setup: RunnerSetup, questions: list[Any]) -> list[dict]:
+def _sb_proactive(args: argparse.Namespace, runtime: Runtime, questions: list[Any]) -> list[dict]:
     """Proactive Output in native mode: the decision module decides when to answer (scored with the same rule)."""
     import asyncio
 
@@ -328,7 +322,7 @@ def _sb_proactive(args: argparse.Namespace, setup: RunnerSetup, questions: list[
 
     if not questions:
         return []
-    adapter, config, make_engine = setup(args)
+    adapter, config, make_engine = runtime
     runs = [
         ProactiveQuery(
             q.key,

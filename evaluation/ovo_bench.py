@@ -296,9 +296,7 @@ def _parse_item(record: Any, path: str | Path | None, index: int) -> OvoItem:
             activity=f.text("activity"),
             start_times=f.opt_number_list("start_times"),
             end_times=f.opt_number_list("end_times"),
-            polls=tuple(
-                RecPoll(p.number("realtime", minimum=0), p.integer("count", minimum=0)) for p in polls
-            ),
+            polls=tuple(RecPoll(p.number("realtime", minimum=0), p.integer("count", minimum=0)) for p in polls),
             raw=raw,
         )
     if task == "SSR":
@@ -310,8 +308,7 @@ def _parse_item(record: Any, path: str | Path | None, index: int) -> OvoItem:
             start_time=f.opt_number_list("start_time"),
             end_time=f.opt_number_list("end_time"),
             polls=tuple(
-                SsrPoll(p.number("realtime", minimum=0), p.text("step"), p.choice("type", (0, 1)))
-                for p in polls
+                SsrPoll(p.number("realtime", minimum=0), p.text("step"), p.choice("type", (0, 1))) for p in polls
             ),
             raw=raw,
         )
@@ -399,9 +396,7 @@ def _queries(item: OvoItem) -> list[OvoQuery]:
         )
 
     if isinstance(item, MultipleChoiceItem):
-        return [
-            make(item.realtime, multiple_choice_prompt(item.question, item.options), item.ground_truth, None)
-        ]
+        return [make(item.realtime, multiple_choice_prompt(item.question, item.options), item.ground_truth, None)]
     if isinstance(item, RecItem):
         prompt = rec_prompt(item.activity)
         return [make(p.realtime, prompt, str(p.count), j) for j, p in enumerate(item.polls)]
@@ -531,9 +526,7 @@ def _parse_mc_result(record: Any, path: str | Path | None, index: str, category:
     if task in FORWARD_TASKS:
         raise f.error("task", f"forward task {task} found in the '{category}' list; it belongs in 'forward'")
     if TASK_CATEGORY.get(task, category) != category:
-        log.warning(
-            "%s: record %s: task %s sits in '%s', not '%s'", path, index, task, category, TASK_CATEGORY[task]
-        )
+        log.warning("%s: record %s: task %s sits in '%s', not '%s'", path, index, task, category, TASK_CATEGORY[task])
     gt = f.text("ground_truth")
     if not gt:
         raise f.error("ground_truth", "must be the option letter, got an empty string")
@@ -568,15 +561,12 @@ def parse_results(doc: Any, path: str | Path | None = None) -> OvoResults:
     if not isinstance(doc, dict):
         raise BenchmarkFormatError(
             path,
-            'expected an object {"backward": [...], "realtime": [...], "forward": [...]}, '
-            f"got {type_name(doc)}",
+            f'expected an object {{"backward": [...], "realtime": [...], "forward": [...]}}, got {type_name(doc)}',
         )
     lists = {}
     for cat in CATEGORIES:
         if cat not in doc:
-            raise BenchmarkFormatError(
-                path, "missing (a result file has backward, realtime and forward)", field=cat
-            )
+            raise BenchmarkFormatError(path, "missing (a result file has backward, realtime and forward)", field=cat)
         if not isinstance(doc[cat], list):
             raise BenchmarkFormatError(path, f"expected a list, got {type_name(doc[cat])}", field=cat)
         lists[cat] = doc[cat]
@@ -587,9 +577,7 @@ def parse_results(doc: Any, path: str | Path | None = None) -> OvoResults:
     return OvoResults(
         backward=backward,
         realtime=realtime,
-        forward=tuple(
-            _parse_forward_result(r, path, f"forward[{i}]") for i, r in enumerate(lists["forward"])
-        ),
+        forward=tuple(_parse_forward_result(r, path, f"forward[{i}]") for i, r in enumerate(lists["forward"])),
         sources=() if path is None else (str(path),),
     )
 
@@ -617,9 +605,7 @@ def load_result_paths(paths: Iterable[str | Path]) -> OvoResults:
             for file in sorted(p.glob("*.json")):
                 doc = read_json(file)
                 if not _looks_like_results(doc):
-                    log.warning(
-                        "%s: not an OVO-Bench result file (no backward/realtime/forward list); skipped", file
-                    )
+                    log.warning("%s: not an OVO-Bench result file (no backward/realtime/forward list); skipped", file)
                     continue
                 merged = merged.merged(parse_results(doc, file))
                 found += 1
@@ -636,9 +622,7 @@ def _warn_duplicates(results: OvoResults) -> None:
     keys += [("forward", r.id) for r in results.forward if r.id is not None]
     dupes = len(keys) - len(set(keys))
     if dupes:
-        log.warning(
-            "%d result records repeat an id already seen; each is scored (as the official scorer does)", dupes
-        )
+        log.warning("%d result records repeat an id already seen; each is scored (as the official scorer does)", dupes)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -835,9 +819,7 @@ def to_official(
             doc[query.category].append(multiple_choice_record(query, response, video_prefix=video_prefix))
         else:
             forward.setdefault(query.item_id, (query.item, {}))[1][query.poll_index] = response
-    doc["forward"] = [
-        forward_record(item, polls, video_prefix=video_prefix) for item, polls in forward.values()
-    ]
+    doc["forward"] = [forward_record(item, polls, video_prefix=video_prefix) for item, polls in forward.values()]
     return doc
 
 

@@ -20,15 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from assistant.config import EngineConfig, VigilConfig
+from assistant.config import VigilConfig
 from assistant.orchestrator import LiveSession, Orchestrator, SessionOptions
-from assistant.reaction import ReactionEngine
+from assistant.reaction import EngineFactory
 from assistant.sources import SourceError, VideoFileSource, aiter_frames
 
 log = logging.getLogger(__name__)
 
 Mode = Literal["replay", "live"]
-EngineFactory = Callable[[EngineConfig], ReactionEngine]
 
 
 @dataclass(frozen=True, slots=True)

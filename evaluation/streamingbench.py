@@ -143,9 +143,7 @@ class StreamingQuestion:
         if self.is_proactive:
             return proactive_poll_prompt(self)
         if self.kind == "sqa":
-            return SQA_PROMPT_TEMPLATE.format(
-                sqa_context(previous), self.question, *self.lettered_options[:4]
-            )
+            return SQA_PROMPT_TEMPLATE.format(sqa_context(previous), self.question, *self.lettered_options[:4])
         return MC_PROMPT_TEMPLATE.format(self.question, *self.lettered_options[:4]) + MC_PROMPT_SUFFIX
 
 
@@ -333,9 +331,7 @@ class StreamingResult:
         return self.ground_truth_time is not None
 
 
-def result_record(
-    question: StreamingQuestion, response: str | None, answer_time: float | None = None
-) -> dict:
+def result_record(question: StreamingQuestion, response: str | None, answer_time: float | None = None) -> dict:
     """Our results record for an answered question (``answer_time``: stream second of a proactive answer)."""
     record: dict[str, Any] = {"key": question.key, "kind": question.kind, "task_type": question.task_type}
     if question.is_proactive:
@@ -540,9 +536,7 @@ def letter_correct(response: str | None, answer: str, *, variant: str = "officia
     return response[0] == answer
 
 
-def proactive_timing_correct(
-    answer_time: float | None, ground_truth_time: float, tolerance_s: float = 2.0
-) -> bool:
+def proactive_timing_correct(answer_time: float | None, ground_truth_time: float, tolerance_s: float = 2.0) -> bool:
     """The answer came within ``tolerance_s`` seconds of the ground-truth time (both ends included)."""
     return answer_time is not None and -tolerance_s <= answer_time - ground_truth_time <= tolerance_s
 

@@ -53,10 +53,6 @@ def _add_perception_args(p: argparse.ArgumentParser) -> None:
 
 def build_config(args: argparse.Namespace) -> Any:
     """The validated config tree from command-line arguments (CliError with every problem listed)."""
-    from pydantic import ValidationError
-
-    from assistant.config import VigilConfig, format_validation_error
-
     mode = args.drop_mode or ("feature" if getattr(args, "model", None) else "pixel")
     drop = {
         "mode": mode,
@@ -87,12 +83,19 @@ def build_config(args: argparse.Namespace) -> Any:
             "max_new_tokens": args.max_new_tokens,
             "kv_cap_tokens": args.kv_cap or args.budget + 4096,
         }
+    return validated_config(**sections)
+
+
+def validated_config(**sections: Any) -> Any:
+    """A VigilConfig from config sections, with every problem in one CliError."""
+    from pydantic import ValidationError
+
+    from assistant.config import VigilConfig, format_validation_error
+
     try:
         return VigilConfig(**sections)
     except ValidationError as exc:
         raise CliError(f"invalid options: {format_validation_error(exc)}") from None
-    except ValueError as exc:  # raised by nested dataclass validation
-        raise CliError(f"invalid options: {exc}") from None
 
 
 def load_model(config: Any) -> Any:
@@ -131,13 +134,18 @@ def _add_memory_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kv-cap", type=int, default=None, help="hard KV cap in tokens (default budget + 4096)")
 
 
-def make_engine(config: Any, adapter: Any) -> Any:
-    """The configured reaction engine."""
-    if config.engine.kind == "hf":
+def make_engine(engine_config: Any, adapter: Any) -> Any:
+    """The reaction engine an engine config names."""
+    if engine_config.kind == "hf":
         from serving.engines.hf import HFEngine
 
-        return HFEngine(adapter, config.engine)
-    raise CliError(f"engine {config.engine.kind!r} is not available in this build")
+        return HFEngine(adapter, engine_config)
+    raise CliError(f"engine {engine_config.kind!r} is not available in this build")
+
+
+def engine_factory(adapter: Any) -> Any:
+    """``make_engine`` bound to a loaded model (what sessions and benchmarks are given)."""
+    return lambda engine_config: make_engine(engine_config, adapter)
 
 
 def watch_event(event: Any) -> dict[str, Any] | None:
@@ -161,15 +169,26 @@ def watch_event(event: Any) -> dict[str, Any] | None:
     return None
 
 
+def parse_ask(spec: str) -> tuple[float, str]:
+    """``SECONDS:question`` as (seconds, question)."""
+    head, sep, question = spec.partition(":")
+    try:
+        t = float(head)
+    except ValueError:
+        t = -1.0
+    if not sep or t < 0 or not question.strip():
+        raise ValueError(f"expected SECONDS:question with SECONDS >= 0, got {spec!r}")
+    return t, question.strip()
+
+
 def cmd_watch(args: argparse.Namespace) -> int:
     import asyncio
 
     from assistant.orchestrator import Orchestrator, SessionOptions
-    from assistant.replay import ScheduledQuestion
     from assistant.sources import SourceError, VideoFileSource, aiter_frames
 
     try:
-        questions = sorted((ScheduledQuestion.parse(spec) for spec in args.ask), key=lambda q: q.t)
+        questions = sorted((parse_ask(spec) for spec in args.ask), key=lambda q: q[0])
         options = SessionOptions(proactive=args.proactive, instructions=tuple(args.instruct))
     except ValueError as exc:
         raise CliError(str(exc)) from None
@@ -203,7 +222,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
             print(f"[{line['t']:7.1f}s] {line['type']}: {line.get('message') or line.get('reason')}", flush=True)
 
     async def run() -> dict[str, Any]:
-        orchestrator = Orchestrator(make_engine(config, adapter), adapter, config)
+        orchestrator = Orchestrator(make_engine(config.engine, adapter), adapter, config)
         live = await orchestrator.create_session(options)
         printer = asyncio.create_task(_print_events(live, show))
         started = time.perf_counter()
@@ -214,15 +233,15 @@ def cmd_watch(args: argparse.Namespace) -> int:
                     async for frame in frames:
                         if failures:
                             break
-                        while questions and frame.t >= questions[0].t:
-                            q = questions.pop(0)
-                            answers.append(live.ask(q.question, q.t)[1])
+                        while questions and frame.t >= questions[0][0]:
+                            t, question = questions.pop(0)
+                            answers.append(live.ask(question, t)[1])
                         await live.wait_for_room()
                         live.push_frame(frame.image, t=frame.t)
             await live.wait_idle()
             if failures:
                 raise CliError(f"perception failed: {failures[0]}")
-            answers += [live.ask(q.question, q.t)[1] for q in questions]
+            answers += [live.ask(question, t)[1] for t, question in questions]
             await asyncio.gather(*answers, return_exceptions=True)
             await live.wait_idle()
             await orchestrator.engine.sync(live.session_id)
@@ -247,10 +266,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
             "end": source.end.reason if source.end else None,
         }
 
-    try:
-        summary = asyncio.run(run())
-    except ValueError as exc:  # e.g. one step holds more tokens than the memory budget
-        raise CliError(str(exc)) from None
+    summary = asyncio.run(run())
     if args.jsonl:
         print(json.dumps({"summary": summary}), flush=True)
     else:
@@ -296,7 +312,7 @@ def cmd_bench_latency(args: argparse.Namespace) -> int:
     if len(cfg.grid) != 2 or min(cfg.minutes) <= 0 or not 0 < cfg.keep_ratio <= 1:
         raise CliError("--grid is ROWSxCOLS, --minutes positive, --keep-ratio in (0, 1]")
     adapter = _bench_model(args)
-    result = run_latency_bench(adapter, cfg)
+    result = run_latency_bench(adapter, engine_factory(adapter), cfg)
     print(format_table(result))
     for path in write_outputs(result, args.out):
         print(f"wrote {path}", file=sys.stderr)
@@ -319,7 +335,7 @@ def cmd_bench_lag(args: argparse.Namespace) -> int:
     if min(cfg.sessions) < 1 or cfg.seconds <= 2 or cfg.fps <= 0 or cfg.answer_tokens < 1:
         raise CliError("--sessions are positive counts, --seconds > 2, --fps > 0, --answer-tokens >= 1")
     adapter = _bench_model(args)
-    result = run_lag_bench(adapter, cfg)
+    result = run_lag_bench(adapter, engine_factory(adapter), cfg)
     print(format_lag_table(result))
     for path in write_report(args.out, "lag", result, format_lag_table(result)):
         print(f"wrote {path}", file=sys.stderr)
@@ -353,43 +369,21 @@ def cmd_bench_scene(args: argparse.Namespace) -> int:
 
 def _eval_setup(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     """Model, config and engine factory for ``vigil eval ... run``."""
-    config = build_config(
-        argparse.Namespace(
-            model=args.model,
-            device=args.device,
-            dtype=args.dtype,
-            max_pixels=None,
-            min_pixels=None,
-            fps=args.fps,
-            frames_per_step=None,
-            drop_mode="feature",
-            drop_threshold=None,
-            drop_ratio=None,
-            drop_reference="last_kept",
-            budget=args.budget,
-            policy="sink_window",
-            archive="none",
-            archive_dir=None,
-            redis_url=None,
-            recall=0,
-            engine=args.engine,
-            max_new_tokens=args.max_new_tokens,
-            kv_cap=None,
-        )
+    config = validated_config(
+        model={"name": args.model, "device": args.device, "dtype": args.dtype},
+        perception={"fps": args.fps},
+        memory={"budget_tokens": args.budget, "archive": "none"},
+        engine={"kind": args.engine, "max_new_tokens": args.max_new_tokens, "kv_cap_tokens": args.budget + 4096},
     )
     adapter = load_model(config)
-    return (
-        adapter,
-        config,
-        lambda engine_config: make_engine(config.model_copy(update={"engine": engine_config}), adapter),
-    )
+    return adapter, config, engine_factory(adapter)
 
 
 def cmd_bench_all(args: argparse.Namespace) -> int:
     from evaluation.bench_all import run_all
 
     adapter = _bench_model(args)
-    run_all(adapter, args.out, quick=args.quick)
+    run_all(adapter, engine_factory(adapter), args.out, quick=args.quick)
     print((Path(args.out) / "summary.md").read_text())
     return 0
 

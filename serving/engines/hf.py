@@ -353,9 +353,9 @@ class HFEngine:
     def _visual_offset(record: _Record) -> int:
         return int(record.visual.nonzero()[0])
 
-    @staticmethod
-    def _prune_record(record: _Record, keep: torch.Tensor) -> None:
-        first = int(record.visual.nonzero()[0])
+    @classmethod
+    def _prune_record(cls, record: _Record, keep: torch.Tensor) -> None:
+        first = cls._visual_offset(record)
         k = int(record.visual.sum())
         keep_mask = torch.ones(record.ids.numel(), dtype=torch.bool)
         local = torch.zeros(k, dtype=torch.bool)

@@ -44,6 +44,8 @@ def test_cross_field_rules() -> None:
         ModelConfig(min_pixels=28 * 28 * 10, max_pixels=28 * 28 * 5)
     with pytest.raises(ValidationError, match="needs the vision encoder"):
         PerceptionConfig(drop={"mode": "feature"}, encode="never")
+    with pytest.raises(ValidationError, match=r"unknown drop option\(s\) \['bogus'\]"):
+        PerceptionConfig(drop={"mode": "pixel", "bogus": 1})
     with pytest.raises(ValidationError, match="threshold"):
         PerceptionConfig(drop={"mode": "pixel", "threshold": 0.1, "drop_ratio": 0.5})
 

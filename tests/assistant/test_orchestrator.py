@@ -108,7 +108,7 @@ def test_backpressure_drops_oldest_and_counts(tiny_adapter) -> None:
         dropped = [e for e in live.events.since(0) if e.type == "frame_dropped"]
         assert [e.reason for e in dropped] == ["backpressure"] * 7 + ["invalid", "backpressure", "invalid"]
         assert [e.detail for e in dropped[:7]] == [f"frame {i}" for i in range(7)]
-        assert live.frames_dropped == {"backpressure": 8, "invalid": 2}
+        assert live.frames_dropped == {"backpressure": 8, "invalid": 2, "failed": 0}
         assert live.processed_frames + 8 == 11
         assert [e.t for e in live.events.since(0) if e.type == "frame_accepted"][-1] == 5.0
         await orch.shutdown()
@@ -220,5 +220,24 @@ def test_standing_instruction_probes_and_answers_once(tiny_adapter) -> None:
         assert triggers[0].instruction == "tell me when a red car appears"
         answers = [e for e in events if e.type == "answer_done" and e.kind == "instruction"]
         assert len(answers) == 1 and answers[0].t >= triggers[0].t
+
+    run(main())
+
+
+def test_a_frame_perception_fails_on_is_counted_not_lost(tiny_adapter) -> None:
+    async def main() -> None:
+        config = VigilConfig(perception={"fps": 2.0, "drop": {"mode": "pixel"}}, memory={"budget_tokens": 16})
+        orch = Orchestrator(HFEngine(tiny_adapter, config.engine), tiny_adapter, config)
+        live = await orch.create_session()
+        rng = np.random.default_rng(0)
+        for i in range(4):  # new content every frame: 64 kept tokens a step, over the budget of 16
+            live.push_frame(rng.integers(0, 256, (224, 224, 3), np.uint8), t=i * 0.5)
+        await live.wait_idle(timeout=60)
+        await orch.shutdown()
+        events = live.events.since(0)
+        failed = [e for e in events if e.type == "frame_dropped" and e.reason == "failed"]
+        assert live.frames_dropped["failed"] == len(failed) == 2  # the frames that completed a step
+        assert live.processed_frames + len(failed) == 4
+        assert sum(e.type == "error" and e.code == "perception_failed" for e in events) == 2
 
     run(main())

@@ -27,6 +27,14 @@ def _updates(adapter, steps: int, seed: int = 0, keep: float = 0.25):
     return list(synthetic_updates(cfg, adapter.hidden_size, steps, interval=4.0))
 
 
+async def _started(adapter, config: VigilConfig) -> tuple[HFEngine, Session]:
+    """An engine and a started session over it, both with ``config``."""
+    engine = HFEngine(adapter, config.engine)
+    session = Session("s", config, adapter, engine)
+    await session.start()
+    return engine, session
+
+
 async def _answer(session: Session, question: str, t: float) -> tuple[str, AnswerDone]:
     text, done = "", None
     async for event in session.ask(question, t):
@@ -47,9 +55,7 @@ def test_kv_reuse_answers_equal_full_reprefill(tiny_adapter) -> None:
     """Several questions with new chunks in between: the KV path answers exactly as a full re-prefill does."""
 
     async def run(reuse: bool) -> list[str]:
-        engine = HFEngine(tiny_adapter, _config(reuse=reuse).engine)
-        session = Session("s", _config(reuse=reuse), tiny_adapter, engine)
-        await session.start()
+        engine, session = await _started(tiny_adapter, _config(reuse=reuse))
         updates = _updates(tiny_adapter, 30)
         answers = []
         try:
@@ -71,9 +77,7 @@ def test_kv_reuse_answers_equal_full_reprefill(tiny_adapter) -> None:
 
 def test_question_rollback_leaves_cache_byte_identical(tiny_adapter) -> None:
     async def run() -> None:
-        engine = HFEngine(tiny_adapter, _config(text_window_tokens=0).engine)
-        session = Session("s", _config(), tiny_adapter, engine)
-        await session.start()
+        engine, session = await _started(tiny_adapter, _config(text_window_tokens=0))
         for update in _updates(tiny_adapter, 8):
             session.remember(update)
         await engine.sync("s")
@@ -96,9 +100,7 @@ def test_recalled_archive_entries_join_the_answer_only(tiny_adapter) -> None:
             memory={"budget_tokens": 120, "archive": "memory", "recall": 2},
             engine={"max_new_tokens": 4, "kv_cap_tokens": 2048},
         )
-        engine = HFEngine(tiny_adapter, config.engine)
-        session = Session("s", config, tiny_adapter, engine)
-        await session.start()
+        engine, session = await _started(tiny_adapter, config)
         for update in _updates(tiny_adapter, 40):
             session.remember(update)
         await engine.sync("s")
@@ -116,9 +118,7 @@ def test_recalled_archive_entries_join_the_answer_only(tiny_adapter) -> None:
 
 def test_min_new_tokens_forces_long_answers(tiny_adapter) -> None:
     async def run() -> None:
-        engine = HFEngine(tiny_adapter, _config().engine)
-        session = Session("s", _config(), tiny_adapter, engine)
-        await session.start()
+        engine, session = await _started(tiny_adapter, _config())
         for update in _updates(tiny_adapter, 4):
             session.remember(update)
         done = None
@@ -134,9 +134,7 @@ def test_min_new_tokens_forces_long_answers(tiny_adapter) -> None:
 def test_text_window_keeps_dialogue_bounded(tiny_adapter) -> None:
     async def run() -> None:
         config = _config(text_window_tokens=64)
-        engine = HFEngine(tiny_adapter, config.engine)
-        session = Session("s", config, tiny_adapter, engine)
-        await session.start()
+        engine, session = await _started(tiny_adapter, config)
         for update in _updates(tiny_adapter, 4):
             session.remember(update)
         for i in range(6):
@@ -152,9 +150,7 @@ def test_text_window_keeps_dialogue_bounded(tiny_adapter) -> None:
 def test_cancelled_answer_frees_the_engine(tiny_adapter) -> None:
     async def run() -> None:
         config = _config()
-        engine = HFEngine(tiny_adapter, config.engine)
-        session = Session("s", config, tiny_adapter, engine)
-        await session.start()
+        engine, session = await _started(tiny_adapter, config)
         for update in _updates(tiny_adapter, 6):
             session.remember(update)
         await engine.sync("s")
@@ -166,7 +162,8 @@ def test_cancelled_answer_frees_the_engine(tiny_adapter) -> None:
         await stream.aclose()
         assert engine._sessions["s"].kv.length == length
         _, done = await _answer(session, "and now?", 12.0)
-        assert done.stats.generated_tokens >= 0
+        assert done.stats.cached_tokens == length  # the cancelled answer left nothing behind
+        assert done.stats.finish_reason in ("stop", "length")
         await engine.shutdown()
 
     asyncio.run(run())
@@ -175,9 +172,7 @@ def test_cancelled_answer_frees_the_engine(tiny_adapter) -> None:
 def test_memory_evictions_are_mirrored_and_cap_holds(tiny_adapter) -> None:
     async def run() -> None:
         config = _config(budget=200)
-        engine = HFEngine(tiny_adapter, config.engine)
-        session = Session("s", config, tiny_adapter, engine)
-        await session.start()
+        engine, session = await _started(tiny_adapter, config)
         for update in _updates(tiny_adapter, 120):
             session.remember(update)
             await engine.sync("s")
@@ -195,9 +190,7 @@ def test_memory_evictions_are_mirrored_and_cap_holds(tiny_adapter) -> None:
 def test_consolidation_renumbers_positions(tiny_adapter) -> None:
     async def run() -> None:
         config = _config(budget=300, position_limit=4096)
-        engine = HFEngine(tiny_adapter, config.engine)
-        session = Session("s", config, tiny_adapter, engine)
-        await session.start()
+        engine, session = await _started(tiny_adapter, config)
         for update in _updates(tiny_adapter, 400):
             session.remember(update)
             await engine.sync("s")
