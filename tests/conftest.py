@@ -11,6 +11,14 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 @pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The benchmark sample files in ../shared/data (CI has shared/ beside the checkout)."""
+    if not (SHARED_DATA / "ovo-bench" / "ovo_bench_subset.json").is_file():
+        pytest.fail(f"benchmark sample data not found under {SHARED_DATA}; shared/data must lie beside the checkout")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
 def vigil_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A private VIGIL_HOME for the test run (also seen by subprocesses)."""
     home = tmp_path_factory.mktemp("vigil-home")

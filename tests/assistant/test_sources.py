@@ -64,11 +64,7 @@ def write_clip(
         stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
         stream.options = {"g": "5", "crf": "10"}
         for k in range(n):
-            img = (
-                rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
-                if noise
-                else np.full((H, W, 3), colour(k), np.uint8)
-            )
+            img = rng.integers(0, 256, (H, W, 3), dtype=np.uint8) if noise else np.full((H, W, 3), colour(k), np.uint8)
             for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
                 out.mux(packet)
         for packet in stream.encode():
@@ -139,9 +135,7 @@ def test_backends_give_the_same_frames(clip: Path) -> None:
     b = list(VideoFileSource(clip, fps=3, backend="decord"))
     assert [f.t for f in a] == [f.t for f in b] == pytest.approx([0, 0.4, 0.7, 1.0, 1.4, 1.7, 2.0, 2.4, 2.7])
     assert [f.source_index for f in a] == [f.source_index for f in b]
-    assert all(
-        np.abs(x.image.astype(int) - y.image.astype(int)).max() <= 2 for x, y in zip(a, b, strict=True)
-    )
+    assert all(np.abs(x.image.astype(int) - y.image.astype(int)).max() <= 2 for x, y in zip(a, b, strict=True))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -181,9 +175,7 @@ def test_real_clip_both_backends_agree(real_clips: dict[str, Path]) -> None:
     b = list(VideoFileSource(real_clips["carphone_pristine"], fps=4, backend="decord"))
     assert len(a) == 16 and [f.source_index for f in a] == [f.source_index for f in b]
     assert [f.t for f in a] == pytest.approx([f.t for f in b], abs=1e-6)
-    assert all(
-        np.abs(x.image.astype(int) - y.image.astype(int)).mean() < 1 for x, y in zip(a, b, strict=True)
-    )
+    assert all(np.abs(x.image.astype(int) - y.image.astype(int)).mean() < 1 for x, y in zip(a, b, strict=True))
 
 
 def test_missing_file(tmp_path: Path) -> None:
@@ -225,9 +217,7 @@ def test_bad_arguments(clip: Path) -> None:
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_truncated_mkv_yields_what_it_has(
-    tmp_path: Path, backend: str, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_truncated_mkv_yields_what_it_has(tmp_path: Path, backend: str, caplog: pytest.LogCaptureFixture) -> None:
     truncated = cut(write_clip(tmp_path / "noise.mkv", noise=True))
     with caplog.at_level(logging.WARNING, logger="assistant.sources"):
         source = VideoFileSource(truncated, backend=backend)
@@ -609,9 +599,7 @@ def test_decompression_bomb_is_rejected() -> None:
         small.push(Image.new("RGB", (20, 20)))
     with pytest.raises(InvalidFrameError, match="exceeds"):
         small.push(np.zeros((20, 20, 3), np.uint8))
-    assert small.push(np.zeros((10, 10, 3), np.uint8)) and decode_image(
-        encode(solid(3, 10), "PNG"), 100
-    ).shape == (
+    assert small.push(np.zeros((10, 10, 3), np.uint8)) and decode_image(encode(solid(3, 10), "PNG"), 100).shape == (
         10,
         10,
         3,

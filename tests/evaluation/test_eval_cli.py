@@ -11,16 +11,10 @@ import pytest
 from evaluation.cli import format_table, register
 from evaluation.streamingbench import load_questions, result_record, write_results
 
-SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-
 
 @pytest.fixture(scope="module")
-def data() -> Path:
-    if not (SHARED_DATA / "ovo-bench" / "ovo_bench_subset.json").is_file():
-        pytest.fail(
-            f"benchmark sample data not found under {SHARED_DATA}; shared/data must lie beside the checkout"
-        )
-    return SHARED_DATA
+def data(shared_data: Path) -> Path:
+    return shared_data
 
 
 def run(argv: list[str]) -> int:
@@ -69,9 +63,7 @@ def test_ovo_score_prints_and_writes_the_official_numbers(
     out = capsys.readouterr().out
     assert "official scorer: 6 file(s), 3035 scored queries" in out
     for task, acc in expected["tasks"].items():
-        assert any(
-            line.split()[1:2] == [task] and line.endswith(f"{acc:.2f}") for line in out.splitlines()
-        ), task
+        assert any(line.split()[1:2] == [task] and line.endswith(f"{acc:.2f}") for line in out.splitlines()), task
     for cat in ("backward", "realtime", "forward"):
         assert [cat, "avg", f"{expected[cat]:.2f}"] in [line.split() for line in out.splitlines()]
     assert f"Total Avg. (mean of category scores): {expected['total']:.2f}" in out
@@ -99,9 +91,7 @@ def _assert_one_line_error(capsys: pytest.CaptureFixture, *needles: str) -> None
         assert needle in errors[0]
 
 
-def test_ovo_errors_print_one_line_and_return_2(
-    data: Path, tmp_path: Path, capsys: pytest.CaptureFixture
-) -> None:
+def test_ovo_errors_print_one_line_and_return_2(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert run(["eval", "ovo", "score", str(tmp_path / "absent.json")]) == 2
     _assert_one_line_error(capsys, "absent.json: no such file")
     (tmp_path / "broken.json").write_text('{"backward": [')
@@ -110,9 +100,7 @@ def test_ovo_errors_print_one_line_and_return_2(
     assert run(["eval", "ovo", "score", str(data / "ovo-bench" / "ovo_bench_subset.json")]) == 2
     _assert_one_line_error(capsys, 'expected an object {"backward"')
     bad = tmp_path / "r.json"
-    bad.write_text(
-        json.dumps({"backward": [{"task": "EPM", "ground_truth": "A"}], "realtime": [], "forward": []})
-    )
+    bad.write_text(json.dumps({"backward": [{"task": "EPM", "ground_truth": "A"}], "realtime": [], "forward": []}))
     assert run(["eval", "ovo", "score", str(bad)]) == 2
     _assert_one_line_error(capsys, "record backward[0]: field 'response': missing")
     (tmp_path / "empty.json").write_text("")

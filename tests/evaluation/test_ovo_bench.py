@@ -33,17 +33,10 @@ from evaluation.ovo_bench import (
     write_official,
 )
 
-SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-
 
 @pytest.fixture(scope="module")
-def ovo_dir() -> Path:
-    folder = SHARED_DATA / "ovo-bench"
-    if not (folder / "ovo_bench_subset.json").is_file():
-        pytest.fail(
-            f"OVO-Bench sample data not found under {folder}; shared/data must lie beside the checkout"
-        )
-    return folder
+def ovo_dir(shared_data: Path) -> Path:
+    return shared_data / "ovo-bench"
 
 
 @pytest.fixture(scope="module")
@@ -231,9 +224,7 @@ def test_llava_onevision_scores_reproduce_the_official_scorer(results_dir: Path)
     assert checked == len(expected["tasks"]) + len(expected) - 1
     summary = score.as_dict()
     assert summary["tasks"] == expected["tasks"]
-    assert {k: summary[k] for k in expected if k != "tasks"} == {
-        k: v for k, v in expected.items() if k != "tasks"
-    }
+    assert {k: summary[k] for k in expected if k != "tasks"} == {k: v for k, v in expected.items() if k != "tasks"}
 
 
 def test_merging_files_equals_scoring_the_folder(results_dir: Path) -> None:
@@ -326,9 +317,7 @@ def test_missing_category_averages_the_present_ones(tmp_path: Path, caplog: pyte
         ({"backward": [], "realtime": []}, "forward"),
         ({"backward": {}, "realtime": [], "forward": []}, "backward"),
         (
-            _results_doc(
-                forward=[{"id": 1, "task": "SSR", "test_info": [{"realtime": 1, "response": "Yes"}]}]
-            ),
+            _results_doc(forward=[{"id": 1, "task": "SSR", "test_info": [{"realtime": 1, "response": "Yes"}]}]),
             "type",
         ),
         (
@@ -386,9 +375,7 @@ def test_round_trip_through_the_official_format(items: list, tmp_path: Path) -> 
             answers.append((q, q.expected))
         else:  # CRR: always "No"; 2 of 5 polls of each item are type 0
             answers.append((q, "No"))
-    path = write_official(
-        tmp_path / "ours" / "Vigil_all_offline.json", answers, video_prefix="data/src_videos/"
-    )
+    path = write_official(tmp_path / "ours" / "Vigil_all_offline.json", answers, video_prefix="data/src_videos/")
     doc = json.loads(path.read_text())
     assert [len(doc[c]) for c in ("backward", "realtime", "forward")] == [6, 12, 6]
     assert doc["backward"][0] == {

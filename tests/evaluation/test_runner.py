@@ -12,22 +12,20 @@ import pytest
 from evaluation import ovo_bench
 from evaluation.synthetic import write_clip
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-
 
 def vigil(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "serving.cli", *args], capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture(scope="module")
-def ovo_setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+def ovo_setup(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> tuple[Path, Path]:
     """Real OVO-Bench records (EPM, OCR, REC, SSR) retimed onto two short generated videos."""
     root = tmp_path_factory.mktemp("ovo")
     videos = root / "videos"
     videos.mkdir()
     for name in ("a.mp4", "b.mp4"):
         write_clip(videos / name, seconds=10, fps=5, width=160, height=120, cut_times=(4.0,))
-    records = {r["task"]: r for r in json.loads((SHARED / "ovo-bench" / "ovo_bench_subset.json").read_text())}
+    records = {r["task"]: r for r in json.loads((shared_data / "ovo-bench" / "ovo_bench_subset.json").read_text())}
     epm, ocr, rec, ssr = (dict(records[t]) for t in ("EPM", "OCR", "REC", "SSR"))
     epm.update(video="a.mp4", realtime=3.2)
     ocr.update(video="a.mp4", realtime=7.0)
@@ -121,8 +119,8 @@ def _sb_run(anno: Path, tmp_path: Path, *extra: str) -> subprocess.CompletedProc
     )
 
 
-def test_streamingbench_run(tmp_path, vigil_home) -> None:
-    records = json.loads((SHARED / "streamingbench" / "questions_real_sample.json").read_text())
+def test_streamingbench_run(tmp_path, vigil_home, shared_data) -> None:
+    records = json.loads((shared_data / "streamingbench" / "questions_real_sample.json").read_text())
     segment = dict(records[0])
     segment["video_path"] = "clip.mp4"
     segment["questions"] = [
@@ -139,8 +137,8 @@ def test_streamingbench_run(tmp_path, vigil_home) -> None:
     assert score.returncode == 0, score.stderr
 
 
-def test_streamingbench_proactive_native_mode(tmp_path, vigil_home) -> None:
-    records = json.loads((SHARED / "streamingbench" / "questions_proactive_sample.json").read_text())
+def test_streamingbench_proactive_native_mode(tmp_path, vigil_home, shared_data) -> None:
+    records = json.loads((shared_data / "streamingbench" / "questions_proactive_sample.json").read_text())
     segment = dict(records[0])
     segment["video_path"] = "clip.mp4"
     question = dict(segment["questions"][0], time_stamp="00:00:02", ground_truth_time_stamp="00:00:05")

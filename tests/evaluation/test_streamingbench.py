@@ -22,24 +22,16 @@ from evaluation.streamingbench import (
     write_results,
 )
 
-SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-
 
 @pytest.fixture(scope="module")
-def sb_dir() -> Path:
-    folder = SHARED_DATA / "streamingbench"
-    if not (folder / "questions_real_sample.json").is_file():
-        pytest.fail(
-            f"StreamingBench sample data not found under {folder}; shared/data must lie beside the checkout"
-        )
-    return folder
+def sb_dir(shared_data: Path) -> Path:
+    return shared_data / "streamingbench"
 
 
 @pytest.fixture(scope="module")
 def questions(sb_dir: Path) -> dict[str, list]:
     return {
-        kind: load_questions(sb_dir / f"questions_{kind}_sample.json")
-        for kind in ("real", "omni", "sqa", "proactive")
+        kind: load_questions(sb_dir / f"questions_{kind}_sample.json") for kind in ("real", "omni", "sqa", "proactive")
     }
 
 
@@ -53,9 +45,7 @@ def test_every_sample_question_loads(questions: dict[str, list], sb_dir: Path) -
     assert (real[0].time_stamp, real[0].ask_time, real[0].answer) == ("00:00:31", 31, "C")
     assert real[1].ask_time == 206  # 00:03:26
     assert real[0].task_type == "Clips Summarize" and real[0].required_ability == "episodic memory"
-    assert (
-        real[0].segment_time == "[0:00:00 - 0:00:10]" and real[0].video_categories == "preparation_of_meals"
-    )
+    assert real[0].segment_time == "[0:00:00 - 0:00:10]" and real[0].video_categories == "preparation_of_meals"
     assert real[0].options[0].startswith("A. The individual organized")
     assert not real[0].is_proactive and real[0].audio_path is None
     raw = json.loads((sb_dir / "questions_real_sample.json").read_text())
@@ -88,17 +78,12 @@ def test_proactive_questions_carry_ground_truth_time_and_output(questions: dict[
         (527, 532, "73"),
     ]
     assert all(q.is_proactive and q.options == () and q.answer is None for q in pro)
-    assert (
-        'Is it the right time to output "3"? You can only answer yes or no.\n\nThe answer is:\n'
-        in pro[0].prompt()
-    )
+    assert 'Is it the right time to output "3"? You can only answer yes or no.\n\nThe answer is:\n' in pro[0].prompt()
 
 
 def test_multiple_choice_prompt_is_the_harness_prompt(questions: dict[str, list]) -> None:
     prompt = questions["omni"][0].prompt()
-    assert prompt.startswith(
-        "You are an advanced video question-answering AI assistant. You have been provided"
-    )
+    assert prompt.startswith("You are an advanced video question-answering AI assistant. You have been provided")
     assert "\n\nQuestion: What's on the green table now?\n\nOptions:\nA. There is a pink card" in prompt
     assert prompt.endswith("with two black lines on it.\n\nThe best option is:")
 
@@ -244,9 +229,7 @@ def test_letter_rules() -> None:
     assert letter_correct(None, "B", variant="strict") is False
 
 
-def test_proactive_timing_is_correct_within_two_seconds_inclusive(
-    questions: dict[str, list], tmp_path: Path
-) -> None:
+def test_proactive_timing_is_correct_within_two_seconds_inclusive(questions: dict[str, list], tmp_path: Path) -> None:
     pro = questions["proactive"]  # ground truth at 29, 178, 347, 532 s
     records = [
         result_record(pro[0], "It shows 3 now", answer_time=31.0),  # +2.0 s: on the boundary, counts
@@ -300,9 +283,7 @@ def test_benchmark_output_files_score_like_count_py(sb_dir: Path, tmp_path: Path
 
     with pytest.raises(BenchmarkFormatError, match="--model"):
         load_results(tmp_path / "proactive_output.json")
-    with pytest.raises(
-        BenchmarkFormatError, match="no question carries a reply under the model name 'Other'"
-    ):
+    with pytest.raises(BenchmarkFormatError, match="no question carries a reply under the model name 'Other'"):
         load_results(tmp_path / "proactive_output.json", model="Other")
     pro[0]["questions"][0]["MyModel"]["dialog_history"] = []
     (tmp_path / "proactive_output.json").write_text(json.dumps(pro))
@@ -355,9 +336,7 @@ def test_list_reply_is_joined_with_a_warning(
 )
 def test_malformed_results_name_the_field(tmp_path: Path, line: dict, field: str) -> None:
     path = tmp_path / "r.jsonl"
-    path.write_text(
-        json.dumps({"key": "ok", "kind": "omni", "task_type": "t", "answer": "B", "response": "B"}) + "\n"
-    )
+    path.write_text(json.dumps({"key": "ok", "kind": "omni", "task_type": "t", "answer": "B", "response": "B"}) + "\n")
     with path.open("a") as fh:
         fh.write(json.dumps(line) + "\n")
     with pytest.raises(BenchmarkFormatError, match=f"record 1: field '{field}'") as info:
