@@ -101,6 +101,43 @@ class MemoryConfig(_Config):
         return self
 
 
+class VLLMOptions(_Config):
+    """In-process vLLM engine options."""
+
+    tensor_parallel_size: int = Field(1, ge=1, le=64, description="GPUs one model is split over.")
+    gpu_memory_utilization: float = Field(0.85, gt=0.0, le=1.0, description="Share of GPU memory vLLM may take.")
+    max_model_len: int | None = Field(None, ge=512, le=4_000_000, description="Context length (default: model's).")
+    max_num_seqs: int = Field(64, ge=1, le=4096, description="Requests batched together at most.")
+    visual_input: Literal["embeds", "frames"] = Field(
+        "embeds",
+        description="'embeds': our perception's kept visual embeddings (exact positions, Qwen-VL); "
+        "'frames': the kept raw frames, encoded by vLLM (any VLM vLLM supports).",
+    )
+    enforce_eager: bool = Field(False, description="Disable CUDA graphs (faster start, slower decode).")
+    compaction_every: int = Field(
+        64, ge=1, le=100_000, description="Memory changes that invalidate the prefix batched before compaction."
+    )
+
+
+class RemoteOptions(_Config):
+    """OpenAI-compatible ``vllm serve`` replicas the remote engine talks to."""
+
+    urls: tuple[str, ...] = Field((), max_length=256, description="Base URLs, e.g. http://gpu1:8000/v1.")
+    served_model: str | None = Field(None, description="Model name the replicas serve (default: the model name).")
+    api_key: str | None = Field(None, description="Bearer key for the replicas.")
+    timeout_s: float = Field(60.0, gt=0, le=3600, description="Per-request timeout.")
+    connect_timeout_s: float = Field(5.0, gt=0, le=600, description="Connection timeout.")
+    retries: int = Field(2, ge=0, le=10, description="Retries of a request that produced no output yet.")
+
+    @field_validator("urls")
+    @classmethod
+    def _http_urls(cls, urls: tuple[str, ...]) -> tuple[str, ...]:
+        for url in urls:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"remote URL must start with http:// or https://, got {url!r}")
+        return tuple(url.rstrip("/") for url in urls)
+
+
 class EngineConfig(_Config):
     """The reaction engine that answers."""
 
@@ -116,6 +153,53 @@ class EngineConfig(_Config):
         ge=4096,
         description="Consolidate positions before they reach this (default 90% of the model's).",
     )
+    vllm: VLLMOptions = Field(default_factory=VLLMOptions)
+    remote: RemoteOptions = Field(default_factory=RemoteOptions)
+
+    @model_validator(mode="after")
+    def _remote_has_urls(self) -> EngineConfig:
+        if self.kind == "remote" and not self.remote.urls:
+            raise ValueError("the remote engine needs at least one URL (engine.remote.urls / --remote-url)")
+        return self
+
+
+class LimitsConfig(_Config):
+    """What one client may send the HTTP API (beyond these: 413, 415 or 429 with Retry-After)."""
+
+    max_body_bytes: int = Field(16 * 2**20, ge=1024, le=2**32, description="Largest request body (not video).")
+    max_frame_bytes: int = Field(8 * 2**20, ge=1024, le=2**31, description="Largest encoded frame.")
+    max_frame_pixels: int = Field(4096 * 4096, ge=64, le=2**28, description="Largest decoded frame area.")
+    max_frames_per_request: int = Field(64, ge=1, le=10_000, description="Frames in one multipart request.")
+    max_fps: float = Field(30.0, gt=0, le=1000, description="Frames per second one session may receive.")
+    max_sessions_per_key: int = Field(16, ge=1, le=100_000, description="Open sessions per API key.")
+    max_sessions: int = Field(256, ge=1, le=1_000_000, description="Open sessions per worker.")
+    max_upload_bytes: int = Field(2 * 2**30, ge=1024, le=2**40, description="Largest uploaded video.")
+    max_question_chars: int = Field(8000, ge=1, le=1_000_000, description="Longest question.")
+
+
+class ServerConfig(_Config):
+    """The HTTP service: where it listens, who may call it, how workers share state."""
+
+    host: str = Field("127.0.0.1", description="Interface to listen on.")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port (0: any free port).")
+    api_keys: tuple[str, ...] = Field((), description="Bearer keys; empty = no authentication.")
+    redis_url: str | None = Field(None, description="Redis for the session directory, event streams and archive.")
+    worker_id: str | None = Field(None, description="This worker's name in the session directory (default: random).")
+    public_url: str | None = Field(None, description="URL other workers redirect this worker's sessions to.")
+    video_allow: tuple[str, ...] = Field(
+        (), description="Path or URL prefixes a client may ask the server to play (empty: none)."
+    )
+    idle_timeout_s: float = Field(900.0, gt=0, le=7 * 86400, description="Close sessions idle for this long.")
+    ui: bool = Field(False, description="Mount the Gradio app at /ui.")
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+
+    @field_validator("api_keys")
+    @classmethod
+    def _keys(cls, keys: tuple[str, ...]) -> tuple[str, ...]:
+        for key in keys:
+            if len(key) < 8 or any(c.isspace() for c in key):
+                raise ValueError("API keys need at least 8 characters and no whitespace")
+        return keys
 
 
 class VigilConfig(_Config):
@@ -125,6 +209,7 @@ class VigilConfig(_Config):
     perception: PerceptionConfig = Field(default_factory=PerceptionConfig)
     memory: MemoryConfig = Field(default_factory=MemoryConfig)
     engine: EngineConfig = Field(default_factory=EngineConfig)
+    server: ServerConfig = Field(default_factory=ServerConfig)
 
     @model_validator(mode="after")
     def _kv_fits_memory(self) -> VigilConfig:

@@ -78,11 +78,7 @@ def build_config(args: argparse.Namespace) -> Any:
             "redis_url": args.redis_url,
             "recall": args.recall,
         }
-        sections["engine"] = {
-            "kind": args.engine,
-            "max_new_tokens": args.max_new_tokens,
-            "kv_cap_tokens": args.kv_cap or args.budget + 4096,
-        }
+        sections["engine"] = engine_section(args)
     return validated_config(**sections)
 
 
@@ -129,18 +125,65 @@ def _add_memory_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--archive-dir", default=None, help="directory of the disk archive")
     p.add_argument("--redis-url", default=None, help="Redis URL for the redis archive")
     p.add_argument("--recall", type=int, default=0, help="archived entries brought back per question")
-    p.add_argument("--engine", choices=["hf"], default="hf", help="reaction engine (transformers)")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--kv-cap", type=int, default=None, help="hard KV cap in tokens (default budget + 4096)")
+    _add_engine_args(p)
+
+
+def _add_engine_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("reaction engine")
+    g.add_argument(
+        "--engine",
+        choices=["hf", "vllm", "remote"],
+        default="hf",
+        help="transformers in-process (default), vLLM in-process, or OpenAI-compatible vLLM replicas",
+    )
+    g.add_argument("--tensor-parallel-size", type=int, default=None, help="vllm: GPUs per model")
+    g.add_argument("--gpu-memory-utilization", type=float, default=None, help="vllm: share of GPU memory")
+    g.add_argument("--max-model-len", type=int, default=None, help="vllm: context length")
+    g.add_argument(
+        "--visual-input",
+        choices=["embeds", "frames"],
+        default=None,
+        help="vllm: kept visual embeddings from our perception (default) or kept raw frames encoded by vLLM",
+    )
+    g.add_argument(
+        "--remote-url",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="remote: base URL of a `vllm serve` replica, e.g. http://gpu1:8000/v1 (repeatable)",
+    )
+    g.add_argument("--remote-model", default=None, help="remote: served model name (default: --model)")
+    g.add_argument("--remote-api-key", default=None, help="remote: bearer key of the replicas")
+
+
+def engine_section(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``engine`` config section from command-line arguments."""
+    vllm = {
+        "tensor_parallel_size": args.tensor_parallel_size,
+        "gpu_memory_utilization": args.gpu_memory_utilization,
+        "max_model_len": args.max_model_len,
+        "visual_input": args.visual_input,
+    }
+    remote = {"urls": args.remote_url, "served_model": args.remote_model, "api_key": args.remote_api_key}
+    return {
+        "kind": args.engine,
+        "max_new_tokens": args.max_new_tokens,
+        "kv_cap_tokens": args.kv_cap or args.budget + 4096,
+        "vllm": {k: v for k, v in vllm.items() if v is not None},
+        "remote": {k: v for k, v in remote.items() if v},
+    }
 
 
 def make_engine(engine_config: Any, adapter: Any) -> Any:
-    """The reaction engine an engine config names."""
-    if engine_config.kind == "hf":
-        from serving.engines.hf import HFEngine
+    """The reaction engine an engine config names (CliError when it cannot be built here)."""
+    from serving.engines import EngineUnavailableError, build_engine
 
-        return HFEngine(adapter, engine_config)
-    raise CliError(f"engine {engine_config.kind!r} is not available in this build")
+    try:
+        return build_engine(engine_config, adapter)
+    except EngineUnavailableError as exc:
+        raise CliError(str(exc)) from None
 
 
 def engine_factory(adapter: Any) -> Any:
@@ -388,6 +431,65 @@ def cmd_bench_all(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_server_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("server")
+    g.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
+    g.add_argument("--port", type=int, default=8000)
+    g.add_argument(
+        "--api-key",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="accept this bearer key (repeatable; also VIGIL_API_KEYS, comma-separated); none = open",
+    )
+    g.add_argument("--worker-id", default=None, help="this worker's name in the Redis session directory")
+    g.add_argument("--public-url", default=None, help="URL other workers redirect to for this worker's sessions")
+    g.add_argument(
+        "--allow-video",
+        action="append",
+        default=[],
+        metavar="PREFIX",
+        help="path or URL prefix clients may ask the server to play (repeatable)",
+    )
+    g.add_argument("--max-sessions-per-key", type=int, default=None)
+    g.add_argument("--max-fps", type=float, default=None, help="frames per second one session may receive")
+
+
+def server_section(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``server`` config section from command-line arguments and the environment."""
+    import os
+
+    keys = list(args.api_key) + [k.strip() for k in os.environ.get("VIGIL_API_KEYS", "").split(",") if k.strip()]
+    limits = {"max_sessions_per_key": args.max_sessions_per_key, "max_fps": args.max_fps}
+    return {
+        "host": args.host,
+        "port": args.port,
+        "api_keys": keys,
+        "redis_url": args.redis_url,
+        "worker_id": args.worker_id,
+        "public_url": args.public_url,
+        "video_allow": args.allow_video,
+        "ui": bool(getattr(args, "ui", False)),
+        "limits": {k: v for k, v in limits.items() if v is not None},
+    }
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from serving.api import run_server
+
+    if args.redis_url and args.archive == "memory":
+        args.archive = "redis"
+    config = build_config(args)
+    config = validated_config(**{**config.model_dump(), "server": server_section(args)})
+    return run_server(config)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from demos.gradio_app import run_demo
+
+    return run_demo(build_config(args), host=args.host, port=args.port)
+
+
 def cmd_make_tiny_model(args: argparse.Namespace) -> int:
     from assistant.models.tiny import build_tiny_model
 
@@ -575,6 +677,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="short streams (minutes instead of an hour)")
     p.add_argument("--out", default="out/bench-all")
     p.set_defaults(func=cmd_bench_all)
+
+    p = sub.add_parser("serve", help="the HTTP API (and with --ui the browser app at /ui)")
+    _add_model_args(p)
+    _add_perception_args(p)
+    _add_memory_args(p)
+    _add_server_args(p)
+    p.add_argument("--ui", action="store_true", help="mount the live-video chat app at /ui")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("demo", help="the live-video chat app in the browser, standalone")
+    _add_model_args(p)
+    _add_perception_args(p)
+    _add_memory_args(p)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=7860)
+    p.set_defaults(func=cmd_demo)
 
     from evaluation.cli import register as register_eval
 

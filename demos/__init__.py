@@ -1,0 +1,1 @@
+"""Browser demos of Vigil."""
