@@ -694,6 +694,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=7860)
     p.set_defaults(func=cmd_demo)
 
+    from serving.bench_engine import register as register_engine_bench
+
+    register_engine_bench(bench)
+
     from evaluation.cli import register as register_eval
 
     register_eval(sub, setup=_eval_setup)
