@@ -155,6 +155,8 @@ class AnswerFinished(SessionEvent):
 class ErrorEvent(SessionEvent):
     code: str = "error"
     message: str = ""
+    answer_id: str = ""
+    """The answer that failed, for ``engine_error``."""
     type = "error"
 
 

@@ -103,6 +103,22 @@ class EventLog:
         start = max(0, seq + 1 - self._events[0].seq)
         return list(itertools.islice(self._events, start, None))
 
+    @property
+    def last_seq(self) -> int:
+        """Sequence number of the newest event (0 before the first)."""
+        return self._events[-1].seq if self._events else 0
+
+    async def wait(self, after: int, timeout: float) -> list[SessionEvent]:
+        """Kept events after ``after``, waiting up to ``timeout`` seconds for one (empty on timeout or close)."""
+        wake = self._wake
+        events = self.since(after)
+        if events or self.closed:
+            return events
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await wake.wait()
+        return self.since(after)
+
     async def follow(self, after: int = 0) -> AsyncIterator[SessionEvent]:
         """Every event after ``after``, then live ones, until the session closes."""
         cursor = after
@@ -200,6 +216,16 @@ class LiveSession:
                 await asyncio.sleep(0.01)
 
     # -- frames --------------------------------------------------------------------------------------------
+    @property
+    def queued_frames(self) -> int:
+        """Frames waiting for perception."""
+        return len(self._frames)
+
+    @property
+    def last_frame_t(self) -> float | None:
+        """Stream time of the newest queued frame (None before the first)."""
+        return self._last_t
+
     def push_frame(self, image: np.ndarray | bytes, t: float | None = None) -> bool:
         """Queue a frame (array or encoded bytes) at stream time ``t`` (default: after the previous one).
 
@@ -414,7 +440,7 @@ class LiveSession:
         except Exception as exc:
             log.warning("answer %s failed: %s", job.answer_id, exc)
             log.debug("reaction failure", exc_info=True)
-            self.events.emit(ErrorEvent, job.t, code="engine_error", message=str(exc))
+            self.events.emit(ErrorEvent, job.t, code="engine_error", message=str(exc), answer_id=job.answer_id)
             if not job.done.done():
                 job.done.set_exception(exc)
 

@@ -1,0 +1,230 @@
+"""Where sessions live and what they said: in-process for one worker, Redis for many.
+
+The directory maps a session to its owner (an API key's id) and the worker that runs it; workers publish a
+heartbeat with the URL other workers redirect to. Event streams mirror each session's events (by sequence
+number) so a client can resume them after its worker restarted or from another worker.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+SessionStatus = str
+"""``live`` (running on its worker), ``closed`` (ended; its events may still be read) or ``lost``."""
+
+
+@dataclass(slots=True)
+class SessionRecord:
+    """A session as the directory knows it."""
+
+    id: str
+    owner: str
+    worker: str
+    created: float = field(default_factory=time.time)
+    status: SessionStatus = "live"
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> SessionRecord:
+        return cls(**json.loads(raw))
+
+
+class DirectoryError(RuntimeError):
+    """The shared directory (Redis) cannot be reached."""
+
+
+class SessionDirectory(Protocol):
+    """What the service needs from a session directory."""
+
+    shared: bool
+    """True when other workers see the same directory."""
+
+    async def register(self, record: SessionRecord) -> None: ...
+    async def get(self, session_id: str) -> SessionRecord | None: ...
+    async def list(self, owner: str) -> list[SessionRecord]: ...
+    async def count_live(self, owner: str) -> int: ...
+    async def set_status(self, session_id: str, status: SessionStatus) -> None: ...
+    async def remove(self, session_id: str) -> None: ...
+    async def heartbeat(self, worker: str, url: str | None, ttl_s: float) -> None: ...
+    async def worker_url(self, worker: str) -> str | None: ...
+    async def worker_alive(self, worker: str) -> bool: ...
+    async def sessions_of(self, worker: str) -> list[SessionRecord]: ...
+    async def append_events(self, session_id: str, events: list[dict[str, Any]]) -> None: ...
+    async def events(self, session_id: str, after: int, limit: int = 1000) -> list[dict[str, Any]]: ...
+    async def ping(self) -> bool: ...
+    async def close(self) -> None: ...
+
+
+class LocalDirectory:
+    """One worker, no Redis: the directory is a dict and events live in each session's own log."""
+
+    shared = False
+
+    def __init__(self) -> None:
+        self._records: dict[str, SessionRecord] = {}
+
+    async def register(self, record: SessionRecord) -> None:
+        self._records[record.id] = record
+
+    async def get(self, session_id: str) -> SessionRecord | None:
+        return self._records.get(session_id)
+
+    async def list(self, owner: str) -> list[SessionRecord]:
+        return sorted((r for r in self._records.values() if r.owner == owner), key=lambda r: r.created)
+
+    async def count_live(self, owner: str) -> int:
+        return sum(1 for r in self._records.values() if r.owner == owner and r.status == "live")
+
+    async def set_status(self, session_id: str, status: SessionStatus) -> None:
+        if session_id in self._records:
+            self._records[session_id].status = status
+
+    async def remove(self, session_id: str) -> None:
+        self._records.pop(session_id, None)
+
+    async def heartbeat(self, worker: str, url: str | None, ttl_s: float) -> None:
+        return None
+
+    async def worker_url(self, worker: str) -> str | None:
+        return None
+
+    async def worker_alive(self, worker: str) -> bool:
+        return True
+
+    async def sessions_of(self, worker: str) -> list[SessionRecord]:
+        return [r for r in self._records.values() if r.worker == worker]
+
+    async def append_events(self, session_id: str, events: list[dict[str, Any]]) -> None:
+        return None
+
+    async def events(self, session_id: str, after: int, limit: int = 1000) -> list[dict[str, Any]]:
+        return []
+
+    async def ping(self) -> bool:
+        return True
+
+    async def close(self) -> None:
+        return None
+
+
+class RedisDirectory:
+    """The directory and event streams in Redis, shared by every worker that points at it.
+
+    Keys: ``vigil:session:{id}`` (record JSON), ``vigil:owner:{owner}`` (set of ids), ``vigil:worker:{id}``
+    (heartbeat with the worker's URL, expiring), ``vigil:events:{id}`` (stream; entry id ``0-{seq}``).
+    """
+
+    shared = True
+
+    def __init__(self, url: str, *, events_max: int = 10_000, closed_ttl_s: int = 3600) -> None:
+        import redis.asyncio as aioredis  # optional dependency
+
+        self.url = url
+        self.events_max = events_max
+        self.closed_ttl_s = closed_ttl_s
+        self._redis = aioredis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=5, socket_timeout=10)
+
+    async def _call(self, coro: Any) -> Any:
+        import redis
+
+        try:
+            return await coro
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            raise DirectoryError(f"Redis at {self.url} is unreachable: {exc}") from None
+
+    async def register(self, record: SessionRecord) -> None:
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.set(f"vigil:session:{record.id}", record.to_json())
+        pipe.sadd(f"vigil:owner:{record.owner}", record.id)
+        await self._call(pipe.execute())
+
+    async def get(self, session_id: str) -> SessionRecord | None:
+        raw = await self._call(self._redis.get(f"vigil:session:{session_id}"))
+        return None if raw is None else SessionRecord.from_json(raw)
+
+    async def list(self, owner: str) -> list[SessionRecord]:
+        ids = sorted(await self._call(self._redis.smembers(f"vigil:owner:{owner}")))
+        if not ids:
+            return []
+        raws = await self._call(self._redis.mget([f"vigil:session:{i}" for i in ids]))
+        stale = [i for i, raw in zip(ids, raws, strict=True) if raw is None]  # expired closed sessions
+        if stale:
+            await self._call(self._redis.srem(f"vigil:owner:{owner}", *stale))
+        records = [SessionRecord.from_json(raw) for raw in raws if raw is not None]
+        return sorted(records, key=lambda r: r.created)
+
+    async def count_live(self, owner: str) -> int:
+        return sum(1 for r in await self.list(owner) if r.status == "live")
+
+    async def set_status(self, session_id: str, status: SessionStatus) -> None:
+        record = await self.get(session_id)
+        if record is None:
+            return
+        record.status = status
+        pipe = self._redis.pipeline(transaction=True)
+        if status == "live":
+            pipe.set(f"vigil:session:{session_id}", record.to_json())
+        else:  # ended sessions stay readable for a while, then expire with their events
+            pipe.set(f"vigil:session:{session_id}", record.to_json(), ex=self.closed_ttl_s)
+            pipe.expire(f"vigil:events:{session_id}", self.closed_ttl_s)
+        await self._call(pipe.execute())
+
+    async def remove(self, session_id: str) -> None:
+        record = await self.get(session_id)
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.delete(f"vigil:session:{session_id}", f"vigil:events:{session_id}")
+        if record is not None:
+            pipe.srem(f"vigil:owner:{record.owner}", session_id)
+        await self._call(pipe.execute())
+
+    async def heartbeat(self, worker: str, url: str | None, ttl_s: float) -> None:
+        await self._call(self._redis.set(f"vigil:worker:{worker}", url or "", px=int(ttl_s * 1000)))
+
+    async def worker_url(self, worker: str) -> str | None:
+        return (await self._call(self._redis.get(f"vigil:worker:{worker}"))) or None
+
+    async def worker_alive(self, worker: str) -> bool:
+        return bool(await self._call(self._redis.exists(f"vigil:worker:{worker}")))
+
+    async def sessions_of(self, worker: str) -> list[SessionRecord]:
+        records = []
+        async for key in self._redis.scan_iter(match="vigil:session:*", count=500):
+            raw = await self._call(self._redis.get(key))
+            if raw is not None:
+                record = SessionRecord.from_json(raw)
+                if record.worker == worker:
+                    records.append(record)
+        return records
+
+    async def append_events(self, session_id: str, events: list[dict[str, Any]]) -> None:
+        if not events:
+            return
+        key = f"vigil:events:{session_id}"
+        pipe = self._redis.pipeline(transaction=False)
+        for event in events:
+            pipe.xadd(key, {"e": json.dumps(event)}, id=f"0-{event['seq']}", maxlen=self.events_max, approximate=True)
+        await self._call(pipe.execute())
+
+    async def events(self, session_id: str, after: int, limit: int = 1000) -> list[dict[str, Any]]:
+        entries = await self._call(self._redis.xrange(f"vigil:events:{session_id}", min=f"(0-{after}", count=limit))
+        return [json.loads(fields["e"]) for _, fields in entries]
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self._call(self._redis.ping()))
+        except DirectoryError:
+            return False
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+
+def make_directory(redis_url: str | None) -> SessionDirectory:
+    """Redis when a URL is given, else the in-process directory."""
+    return RedisDirectory(redis_url) if redis_url else LocalDirectory()

@@ -1,0 +1,114 @@
+"""Request and response bodies of the HTTP API (validated by pydantic, published in the OpenAPI schema)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SessionCreate(_Body):
+    """Per-session choices on top of the server's configuration (all optional)."""
+
+    fps: float | None = Field(None, gt=0, le=60, description="Frames sampled per second of stream.")
+    frames_per_step: int | None = Field(None, ge=1, le=2, description="Sampled frames per temporal step.")
+    budget_tokens: int | None = Field(None, ge=16, le=1_000_000, description="Visual tokens the memory may hold.")
+    drop_mode: Literal["pixel", "feature"] | None = Field(None, description="Differential token drop mode.")
+    drop_threshold: float | None = Field(
+        None, ge=0, description="feature: drop when cosine similarity > T; pixel: drop when mean |diff| < T."
+    )
+    drop_ratio: float | None = Field(None, ge=0, lt=1, description="Budget mode: drop this share of each step.")
+    memory_policy: Literal["sink_window", "redundancy", "round_pool"] | None = None
+    proactive: Literal["off", "scene", "narrate"] = Field("off", description="Speak up on scene changes.")
+    instructions: list[str] = Field(
+        default_factory=list, max_length=16, description='Standing instructions, e.g. "tell me when a dog appears".'
+    )
+    max_new_tokens: int | None = Field(None, ge=1, le=8192, description="Default longest answer.")
+    metadata: dict[str, str] = Field(default_factory=dict, max_length=32, description="Client labels, echoed back.")
+
+
+class SessionView(BaseModel):
+    """A session as clients see it."""
+
+    id: str
+    status: str
+    worker: str
+    created: float
+    stream_t: float | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+    video: dict[str, Any] | None = None
+
+
+class SessionList(BaseModel):
+    data: list[SessionView]
+
+
+class FramesResult(BaseModel):
+    """What became of the frames of one request."""
+
+    accepted: int
+    dropped: int = Field(description="Older queued frames dropped to make room (backpressure).")
+    t: list[float] = Field(description="Stream time given to each accepted frame.")
+    queued: int
+
+
+class Question(_Body):
+    question: str = Field(min_length=1, description="What to ask about the stream.")
+    t: float | None = Field(None, ge=0, description="Stream time of the question (default: now).")
+    max_new_tokens: int | None = Field(None, ge=1, le=8192)
+    temperature: float | None = Field(None, ge=0, le=2)
+
+
+class AnswerView(BaseModel):
+    id: str
+    question: str
+    answer: str
+    t: float
+    finish_reason: str
+    ttft_s: float
+    total_s: float
+    prompt_tokens: int
+    cached_tokens: int
+    generated_tokens: int
+
+
+class VideoRequest(_Body):
+    source: str = Field(min_length=1, max_length=4096, description="A path or URL on the server's allow-list.")
+    speed: Literal["realtime", "max"] | float = Field("realtime", description="Playback pace.")
+
+
+class VideoView(BaseModel):
+    state: str
+    source: str
+    frames: int
+    duration_s: float | None = None
+    end_reason: str | None = None
+    error: str | None = None
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+class ChatCompletionRequest(BaseModel):
+    """The subset of OpenAI's chat completion request that applies to a live session."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str = Field(description="vigil:<session id>")
+    messages: list[dict[str, Any]] = Field(min_length=1)
+    stream: bool = False
+    max_tokens: int | None = Field(None, ge=1, le=8192)
+    max_completion_tokens: int | None = Field(None, ge=1, le=8192)
+    temperature: float | None = Field(None, ge=0, le=2)
+    session_id: str | None = Field(None, description="The session, when `model` does not name it.")
+    stream_options: dict[str, Any] | None = None
