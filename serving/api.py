@@ -436,7 +436,13 @@ def create_app(
     ) -> Any:
         """Ask about the stream; the answer streams as SSE (``answer_start``, ``answer_delta``, ``answer_done``)."""
         h, answer_id, future, after = await service.ask(
-            who, session_id, body.question, body.t, max_new_tokens=body.max_new_tokens, temperature=body.temperature
+            who,
+            session_id,
+            body.question,
+            body.t,
+            max_new_tokens=body.max_new_tokens,
+            min_new_tokens=body.min_new_tokens,
+            temperature=body.temperature,
         )
         if not stream:
             try:
@@ -578,6 +584,7 @@ def _parse_time(value: Any) -> float:
 
 def _mount_ui(app: FastAPI, orchestrator: Orchestrator, config: VigilConfig, keys: KeyRing, model_name: str) -> None:
     import gradio as gr
+
     from demos.gradio_app import build_app
 
     auth = keys.check_password if keys.enabled else None

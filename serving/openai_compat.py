@@ -105,7 +105,12 @@ def add_routes(app: FastAPI, service: VigilService) -> None:
             await service.push_frames(who, session_id, [(image, None) for image in images])
         max_tokens = body.max_completion_tokens or body.max_tokens
         h, answer_id, future, after = await service.ask(
-            who, session_id, question, max_new_tokens=max_tokens, temperature=body.temperature
+            who,
+            session_id,
+            question,
+            max_new_tokens=max_tokens,
+            min_new_tokens=body.min_tokens,
+            temperature=body.temperature,
         )
         completion_id = f"chatcmpl-{answer_id}"
         created = int(time.time())

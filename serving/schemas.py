@@ -60,6 +60,7 @@ class Question(_Body):
     question: str = Field(min_length=1, description="What to ask about the stream.")
     t: float | None = Field(None, ge=0, description="Stream time of the question (default: now).")
     max_new_tokens: int | None = Field(None, ge=1, le=8192)
+    min_new_tokens: int | None = Field(None, ge=0, le=8192, description="Do not end the answer before this many.")
     temperature: float | None = Field(None, ge=0, le=2)
 
 
@@ -110,5 +111,6 @@ class ChatCompletionRequest(BaseModel):
     max_tokens: int | None = Field(None, ge=1, le=8192)
     max_completion_tokens: int | None = Field(None, ge=1, le=8192)
     temperature: float | None = Field(None, ge=0, le=2)
+    min_tokens: int | None = Field(None, ge=0, le=8192, description="As vLLM's extra parameter.")
     session_id: str | None = Field(None, description="The session, when `model` does not name it.")
     stream_options: dict[str, Any] | None = None

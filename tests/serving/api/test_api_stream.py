@@ -1,0 +1,294 @@
+"""Frames in and answers out over real HTTP: images, multipart, WebSocket, video upload, SSE, the openai client."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import httpx
+import pytest
+
+
+def _wait(predicate: Any, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def session(api: Any) -> Any:
+    with api.client() as c:
+        sid = c.post("/v1/sessions", json={"fps": 2, "proactive": "scene"}).json()["id"]
+    yield sid
+    with api.client() as c:
+        c.delete(f"/v1/sessions/{sid}")
+
+
+def test_frames_from_a_real_clip_then_questions_three_ways(api: Any, session: str, real_clips: Any, tools: Any) -> None:
+    frames = tools.clip_frames(real_clips["bigbuckbunny"], 12)
+    with api.client() as c:
+        for i, data in enumerate(frames[:6]):  # one image per request, with its time in the query
+            r = c.post(
+                f"/v1/sessions/{session}/frames",
+                params={"t": i * 0.5},
+                content=data,
+                headers={"Content-Type": "image/jpeg"},
+            )
+            assert r.status_code == 200, r.text
+            assert r.json()["accepted"] == 1 and r.json()["t"] == [i * 0.5]
+        files = [("frame", (f"{i}.jpg", data, "image/jpeg")) for i, data in enumerate(frames[6:])]
+        times = {"t": [str(3.0 + 0.5 * i) for i in range(6)]}
+        r = c.post(f"/v1/sessions/{session}/frames", files=files, data=times)
+        assert r.status_code == 200, r.text
+        assert r.json()["accepted"] == 6 and r.json()["t"][-1] == 5.5
+        live = api.service.hosted[session].live
+        api.call(live.wait_idle(60))
+        mem = c.get(f"/v1/sessions/{session}/memory").json()
+        assert mem["frames"]["received"] == 12
+        assert mem["frames"]["processed"] + sum(mem["frames"]["dropped"].values()) == 12
+        assert mem["perception"]["steps"] >= 1 and mem["memory"]["tokens"] > 0
+
+        # plain JSON answer
+        r = c.post(
+            f"/v1/sessions/{session}/messages",
+            params={"stream": "false"},
+            json={"question": "What is shown?", "min_new_tokens": 3},
+        )
+        assert r.status_code == 200, r.text
+        answer = r.json()
+        assert answer["question"] == "What is shown?" and answer["generated_tokens"] >= 1
+        assert answer["finish_reason"] in ("stop", "length") and answer["ttft_s"] > 0
+
+        # the same as Server-Sent Events: start, deltas, done; deltas add up to the answer
+        with c.stream(
+            "POST", f"/v1/sessions/{session}/messages", json={"question": "And now?", "min_new_tokens": 3}
+        ) as r:
+            assert r.headers["content-type"].startswith("text/event-stream")
+            events = list(tools.sse_events(r))
+        kinds = [e["event"] for e in events]
+        assert kinds[0] == "answer_start" and kinds[-1] == "answer_done" and "answer_delta" in kinds
+        text = "".join(e["data"]["text"] for e in events if e["event"] == "answer_delta")
+        assert text == events[-1]["data"]["answer"]
+
+    # the official openai client, streaming and not
+    from openai import OpenAI
+
+    client = OpenAI(base_url=api.url + "/v1", api_key="unused")
+    model = f"vigil:{session}"
+    completion = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "Describe it."}], extra_body={"min_tokens": 2}
+    )
+    assert completion.choices[0].message.role == "assistant"
+    assert completion.usage.completion_tokens >= 1 and completion.choices[0].finish_reason in ("stop", "length")
+    chunks = list(
+        client.chat.completions.create(
+            model=model,
+            messages=[{"role": "user", "content": "Describe it again."}],
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_body={"min_tokens": 2},
+        )
+    )
+    streamed = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens >= 1
+    assert any(ch.choices and ch.choices[0].finish_reason for ch in chunks)
+    assert isinstance(streamed, str)
+    ids = [m.id for m in client.models.list().data]
+    assert model in ids
+    with pytest.raises(Exception, match=r"model_not_found|names no session"):
+        client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+
+
+def test_events_resume_after_a_dropped_connection_without_gap(api: Any, session: str, tools: Any) -> None:
+    with api.client() as c:
+        for i in range(4):
+            c.post(
+                f"/v1/sessions/{session}/frames",
+                params={"t": i},
+                content=tools.jpeg(i),
+                headers={"Content-Type": "image/jpeg"},
+            )
+        api.call(api.service.hosted[session].live.wait_idle(60))
+        seen: list[int] = []
+        with c.stream("GET", f"/v1/sessions/{session}/events") as r:  # read a few, then drop the connection
+            for event in tools.sse_events(r):
+                seen.append(int(event["id"]))
+                if len(seen) == 3:
+                    break
+        for i in range(4, 8):  # more events happen while disconnected
+            c.post(
+                f"/v1/sessions/{session}/frames",
+                params={"t": i},
+                content=tools.jpeg(i),
+                headers={"Content-Type": "image/jpeg"},
+            )
+        api.call(api.service.hosted[session].live.wait_idle(60))
+        last = api.service.hosted[session].live.events.last_seq
+        with c.stream("GET", f"/v1/sessions/{session}/events", headers={"Last-Event-ID": str(seen[-1])}) as r:
+            for event in tools.sse_events(r):
+                seen.append(int(event["id"]))
+                if seen[-1] == last:
+                    break
+    assert seen == list(range(1, last + 1))  # every event once, in order
+
+
+def test_websocket_stream_frames_in_events_out(api: Any, session: str, tools: Any) -> None:
+    from websockets.sync.client import connect
+
+    with connect(api.url.replace("http", "ws") + f"/v1/sessions/{session}/stream") as ws:
+        for i in range(4):
+            ws.send(json.dumps({"type": "time", "t": i * 0.5}))
+            ws.send(tools.jpeg(i))
+        ws.send(b"not an image")
+        ws.send(json.dumps({"type": "ask", "question": "What now?"}))
+        received: list[dict[str, Any]] = []
+        deadline = time.monotonic() + 60
+        while not any(e["type"] == "answer_done" for e in received):
+            assert time.monotonic() < deadline
+            received.append(json.loads(ws.recv(timeout=60)))
+    types = [e["type"] for e in received]
+    assert types.count("frame_accepted") == 4
+    errors = [e for e in received if e["type"] == "error"]
+    assert errors and errors[0]["code"] == "invalid_frame"
+    assert "question_queued" in types
+    assert api.service.hosted[session].frames_in == 4  # the bad frame was refused, the session kept working
+
+
+def test_video_upload_is_played_as_live(api: Any, session: str, real_clips: Any) -> None:
+    data = real_clips["bigbuckbunny"].read_bytes()
+    with api.client() as c:
+        r = c.post(
+            f"/v1/sessions/{session}/video", params={"speed": "max"}, files={"file": ("bunny.mp4", data, "video/mp4")}
+        )
+        assert r.status_code == 202, r.text
+        assert r.json()["state"] == "playing" and r.json()["source"] == "bunny.mp4"
+        _wait(lambda: c.get(f"/v1/sessions/{session}/video").json()["state"] != "playing")
+        video = c.get(f"/v1/sessions/{session}/video").json()
+        assert video["state"] == "finished" and video["frames"] >= 5
+        api.call(api.service.hosted[session].live.wait_idle(120))
+        mem = c.get(f"/v1/sessions/{session}/memory").json()
+        assert mem["frames"]["received"] == video["frames"]
+        assert mem["frames"]["processed"] + sum(mem["frames"]["dropped"].values()) == video["frames"]
+
+
+def test_bad_inputs_get_4xx_and_the_session_keeps_working(api: Any, session: str, tools: Any, tmp_path: Any) -> None:
+    base = f"/v1/sessions/{session}"
+    with api.client() as c:
+        cases = [
+            (
+                c.post(base + "/frames", content=b"\xff\xd8garbage", headers={"Content-Type": "image/jpeg"}),
+                422,
+                "invalid_frame",
+            ),
+            (
+                c.post(base + "/frames", content=tools.jpeg(0, fmt="PNG")[:40], headers={"Content-Type": "image/png"}),
+                422,
+                "invalid_frame",
+            ),
+            (
+                c.post(base + "/frames", content=b"hello", headers={"Content-Type": "text/plain"}),
+                415,
+                "unsupported_media",
+            ),
+            (c.post(base + "/frames", content=b"", headers={"Content-Type": "image/jpeg"}), 422, "invalid_frame"),
+            (
+                c.post(
+                    base + "/frames", params={"t": -1}, content=tools.jpeg(1), headers={"Content-Type": "image/jpeg"}
+                ),
+                422,
+                "invalid_time",
+            ),
+            (
+                c.post(base + "/video", files={"file": ("x.mp4", b"this is not a video" * 10, "video/mp4")}),
+                415,
+                "unsupported_media",
+            ),
+            (
+                c.post(
+                    base + "/video",
+                    content=b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 100,
+                    headers={"Content-Type": "video/mp4"},
+                ),
+                422,
+                "unreadable_video",
+            ),
+            (c.post(base + "/video", json={"source": "/etc/passwd"}), 403, "source_not_allowed"),
+            (c.post(base + "/messages", json={"question": ""}), 422, "invalid_request"),
+            (
+                c.post(base + "/messages", content=b"{not json", headers={"Content-Type": "application/json"}),
+                422,
+                "invalid_request",
+            ),
+            (c.get("/v1/sessions/nope/memory"), 404, "session_not_found"),
+            (
+                c.post("/v1/sessions/nope/frames", content=tools.jpeg(2), headers={"Content-Type": "image/jpeg"}),
+                404,
+                "session_not_found",
+            ),
+            (c.get(base + "/events", headers={"Last-Event-ID": "abc"}), 422, "invalid_request"),
+        ]
+        for response, status, code in cases:
+            assert response.status_code == status, (code, response.status_code, response.text)
+            assert response.json()["error"]["code"] == code, response.text
+        # a decompression bomb: a tiny PNG that declares a huge image
+        bomb = _png_header_bomb()
+        r = c.post(base + "/frames", content=bomb, headers={"Content-Type": "image/png"})
+        assert r.status_code == 422 and "pixel" in r.json()["error"]["message"]
+        # time going backwards
+        assert (
+            c.post(
+                base + "/frames", params={"t": 5}, content=tools.jpeg(3), headers={"Content-Type": "image/jpeg"}
+            ).status_code
+            == 200
+        )
+        r = c.post(base + "/frames", params={"t": 4}, content=tools.jpeg(4), headers={"Content-Type": "image/jpeg"})
+        assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_time"
+        # and the session still works
+        r = c.post(base + "/frames", params={"t": 6}, content=tools.jpeg(5), headers={"Content-Type": "image/jpeg"})
+        assert r.status_code == 200
+        r = c.post(
+            base + "/messages", params={"stream": "false"}, json={"question": "Still there?", "min_new_tokens": 1}
+        )
+        assert r.status_code == 200 and r.json()["generated_tokens"] >= 1
+        assert c.get("/health").json()["status"] == "ok"
+
+
+def _png_header_bomb() -> bytes:
+    """A small PNG file that decodes to 5000 x 5000 pixels (more than the server's pixel limit)."""
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("L", (5000, 5000)).save(out, format="PNG", optimize=True)
+    assert len(out.getvalue()) < 100_000
+    return out.getvalue()
+
+
+def test_answer_stream_disconnect_cancels_the_answer(api: Any, session: str, tools: Any) -> None:
+    with api.client() as c:
+        c.post(
+            f"/v1/sessions/{session}/frames",
+            params={"t": 0},
+            content=tools.jpeg(0),
+            headers={"Content-Type": "image/jpeg"},
+        )
+        with c.stream(
+            "POST",
+            f"/v1/sessions/{session}/messages",
+            json={"question": "Tell me a long story.", "max_new_tokens": 2000, "min_new_tokens": 2000},
+        ) as r:
+            first = next(tools.sse_events(r))
+            assert first["event"] == "answer_start"
+        live = api.service.hosted[session].live
+        _wait(
+            lambda: any(
+                e.type == "answer_done" and e.finish_reason in ("cancelled", "stop", "length")
+                for e in live.events.since(0)
+            )
+        )
+        done = [e for e in live.events.since(0) if e.type == "answer_done"]
+        assert done[-1].generated_tokens < 2000
+    assert isinstance(httpx, object)
