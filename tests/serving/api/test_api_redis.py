@@ -1,0 +1,143 @@
+"""Two `vigil serve` workers on one real Redis: a shared session directory, redirects, events that survive a restart."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+class Worker:
+    def __init__(self, model: Path, redis_url: str, worker_id: str, port: int, log: Path) -> None:
+        self.url = f"http://127.0.0.1:{port}"
+        self.args = [
+            sys.executable,
+            "-m",
+            "serving.cli",
+            "serve",
+            "--model",
+            str(model),
+            "--device",
+            "cpu",
+            "--dtype",
+            "float32",
+            "--port",
+            str(port),
+            "--redis-url",
+            redis_url,
+            "--worker-id",
+            worker_id,
+            "--budget",
+            "512",
+            "--max-new-tokens",
+            "4",
+        ]
+        self.log = log
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> Worker:
+        out = self.log.open("ab")
+        self.proc = subprocess.Popen(self.args, stdout=out, stderr=subprocess.STDOUT, env=os.environ.copy())
+        deadline = time.monotonic() + 90
+        while True:
+            assert self.proc.poll() is None, f"worker exited: {self.log.read_text()[-2000:]}"
+            assert time.monotonic() < deadline, f"worker did not start: {self.log.read_text()[-2000:]}"
+            try:
+                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                time.sleep(0.2)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(30)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@pytest.fixture
+def workers(tiny_model_dir: Path, redis_url: str, tmp_path: Path, tools: Any) -> Iterator[tuple[Worker, Worker]]:
+    tag = uuid.uuid4().hex[:6]
+    a = Worker(tiny_model_dir, redis_url, f"a-{tag}", tools.free_port(), tmp_path / "a.log")
+    b = Worker(tiny_model_dir, redis_url, f"b-{tag}", tools.free_port(), tmp_path / "b.log")
+    a.start(), b.start()
+    yield a, b
+    a.stop(), b.stop()
+
+
+def test_two_workers_share_the_directory_and_events_survive_a_restart(workers: Any, tools: Any) -> None:
+    a, b = workers
+    with httpx.Client(base_url=a.url, timeout=60) as ca, httpx.Client(base_url=b.url, timeout=60) as cb:
+        assert cb.get("/health").json()["directory"] == "redis"
+        sid = ca.post("/v1/sessions", json={"fps": 2}).json()["id"]
+        assert sid in [s["id"] for s in cb.get("/v1/sessions").json()["data"]]  # B sees A's session
+
+        r = cb.get(f"/v1/sessions/{sid}/memory")  # owned by A: B redirects there
+        assert r.status_code == 307 and r.headers["location"] == f"{a.url}/v1/sessions/{sid}/memory"
+        assert r.json()["error"]["code"] == "session_on_other_worker"
+        followed = cb.post(
+            f"/v1/sessions/{sid}/frames",
+            params={"t": 0},
+            content=tools.jpeg(0),
+            headers={"Content-Type": "image/jpeg"},
+            follow_redirects=True,
+        )
+        assert followed.status_code == 200 and followed.json()["accepted"] == 1
+
+        for i in range(1, 6):
+            ca.post(
+                f"/v1/sessions/{sid}/frames",
+                params={"t": i * 0.5},
+                content=tools.jpeg(i),
+                headers={"Content-Type": "image/jpeg"},
+            )
+        seen: list[dict[str, Any]] = []
+        with ca.stream("GET", f"/v1/sessions/{sid}/events") as r:  # read some events, then the connection drops
+            for event in tools.sse_events(r):
+                seen.append(event)
+                if len(seen) == 4:
+                    break
+        _wait_for_frames(ca, sid, 6)
+        time.sleep(1.5)  # events are mirrored to Redis about once a second
+
+    a.kill()  # the worker dies with the session; its events are in Redis
+    a.start()  # restarted with the same worker id
+    with httpx.Client(base_url=b.url, timeout=60) as cb:
+        # resume from B with the last id seen: everything after it, once, then the session's end
+        with cb.stream("GET", f"/v1/sessions/{sid}/events", headers={"Last-Event-ID": seen[-1]["id"]}) as r:
+            assert r.status_code == 200
+            rest = list(tools.sse_events(r))
+        ids = [int(e["id"]) for e in seen + rest]
+        assert ids == list(range(1, ids[-1] + 1))
+        assert rest[-1]["event"] == "session_closed" and rest[-1]["data"]["reason"] == "worker_restarted"
+        assert sum(e["event"] == "frame_accepted" for e in seen + rest) == 6
+        r = cb.get(f"/v1/sessions/{sid}/memory")
+        assert r.status_code == 410 and r.json()["error"]["code"] == "session_closed"
+        assert cb.get(f"/v1/sessions/{sid}").json()["status"] == "lost"
+        assert cb.delete(f"/v1/sessions/{sid}").status_code == 204
+        assert cb.get(f"/v1/sessions/{sid}").status_code == 404
+
+
+def _wait_for_frames(client: httpx.Client, sid: str, count: int) -> None:
+    deadline = time.monotonic() + 60
+    while client.get(f"/v1/sessions/{sid}/memory").json()["frames"]["processed"] < count:
+        assert time.monotonic() < deadline, "frames were not processed in time"
+        time.sleep(0.1)
