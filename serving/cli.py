@@ -422,6 +422,51 @@ def _eval_setup(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     return adapter, config, engine_factory(adapter)
 
 
+def cmd_bench_api(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from evaluation.bench_api import run_load
+
+    server = None
+    url = args.url
+    if url is None:
+        from assistant.orchestrator import Orchestrator
+        from serving.api import BackgroundServer, create_app
+
+        config = validated_config(
+            model={"name": args.model, "device": args.device, "dtype": args.dtype},
+            memory={"budget_tokens": 2048},
+            engine={"max_new_tokens": args.max_new_tokens, "kv_cap_tokens": 8192},
+            server={"limits": {"max_sessions_per_key": max(16, args.sessions)}},
+        )
+        adapter = load_model(config)
+        orchestrator = Orchestrator(make_engine(config.engine, adapter), adapter, config)
+        server = BackgroundServer(create_app(config, orchestrator)).start()
+        url = server.url
+    try:
+        result = asyncio.run(
+            run_load(
+                url,
+                sessions=args.sessions,
+                fps=args.fps,
+                seconds=args.seconds,
+                ask_every=args.ask_every,
+                max_new_tokens=args.max_new_tokens,
+                video=args.video,
+                api_key=args.api_key,
+            )
+        )
+    finally:
+        if server is not None:
+            server.stop()
+    summary = {k: v for k, v in result.items() if k != "per_session"}
+    print(json.dumps(summary, indent=2))
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "api-load.json").write_text(json.dumps(result, indent=2))
+    return 0 if result["all_accounted"] else 1
+
+
 def cmd_bench_all(args: argparse.Namespace) -> int:
     from evaluation.bench_all import run_all
 
@@ -693,6 +738,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=7860)
     p.set_defaults(func=cmd_demo)
+
+    p = bench.add_parser("api", help="load test of the HTTP API: sessions streaming frames, every frame accounted")
+    p.add_argument("--url", default=None, help="a running server (default: start one in-process with --model)")
+    p.add_argument("--api-key", default=None)
+    p.add_argument("--model", default="tiny")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--sessions", type=int, default=8)
+    p.add_argument("--fps", type=float, default=2.0)
+    p.add_argument("--seconds", type=float, default=60.0)
+    p.add_argument("--ask-every", type=float, default=15.0, help="seconds of stream between questions (0: none)")
+    p.add_argument("--max-new-tokens", type=int, default=16)
+    p.add_argument("--video", default=None, help="frames from this video (default: synthetic)")
+    p.add_argument("--out", default=None, help="write api-load.json here")
+    p.set_defaults(func=cmd_bench_api)
 
     from serving.bench_engine import register as register_engine_bench
 

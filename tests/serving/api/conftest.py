@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
 import socket
-import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +25,7 @@ def free_port() -> int:
 class Server:
     url: str
     app: Any
-    thread: threading.Thread
-    server: Any
+    background: Any
 
     @property
     def service(self) -> Any:
@@ -41,36 +37,7 @@ class Server:
 
     def call(self, coro: Any, timeout: float = 30) -> Any:
         """Run a coroutine on the server's event loop (to inspect sessions from the test)."""
-        return asyncio.run_coroutine_threadsafe(coro, self.server.loop).result(timeout)
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(30)
-
-
-class _Uvicorn:
-    """uvicorn.Server run on its own thread and loop."""
-
-    def __init__(self, app: Any, port: int) -> None:
-        import uvicorn
-
-        self.server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=3)
-        )
-        self.loop: asyncio.AbstractEventLoop | None = None
-
-    @property
-    def should_exit(self) -> bool:
-        return self.server.should_exit
-
-    @should_exit.setter
-    def should_exit(self, value: bool) -> None:
-        self.server.should_exit = value
-
-    def run(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.loop.run_until_complete(self.server.serve())
-        self.loop.close()
+        return self.background.call(coro, timeout)
 
 
 @pytest.fixture(scope="session")
@@ -78,7 +45,7 @@ def start_server(tiny_model_dir: Path, tiny_adapter: Any) -> Iterator[Callable[.
     """Start API servers (stopped at the end): ``start_server(server={...}, memory={...}, ...)`` -> Server."""
     from assistant.config import VigilConfig
     from assistant.orchestrator import Orchestrator
-    from serving.api import create_app
+    from serving.api import BackgroundServer, create_app
     from serving.engines import build_engine
 
     servers: list[Server] = []
@@ -88,24 +55,16 @@ def start_server(tiny_model_dir: Path, tiny_adapter: Any) -> Iterator[Callable[.
         sections.setdefault("memory", {"budget_tokens": 512})
         sections.setdefault("engine", {"max_new_tokens": 8, "kv_cap_tokens": 4096})
         config = VigilConfig(**sections)
-        port = free_port()
         orchestrator = Orchestrator(build_engine(config.engine, tiny_adapter), tiny_adapter, config)
         app = create_app(config, orchestrator)
-        runner = _Uvicorn(app, port)
-        thread = threading.Thread(target=runner.run, daemon=True, name=f"uvicorn-{port}")
-        thread.start()
-        deadline = time.monotonic() + 30
-        while not runner.server.started:
-            assert thread.is_alive(), "the API server failed to start"
-            assert time.monotonic() < deadline, "the API server did not start within 30 s"
-            time.sleep(0.02)
-        server = Server(f"http://127.0.0.1:{port}", app, thread, runner)
+        background = BackgroundServer(app).start()
+        server = Server(background.url, app, background)
         servers.append(server)
         return server
 
     yield start
     for server in servers:
-        server.stop()
+        server.background.stop()
 
 
 @pytest.fixture(scope="session")
