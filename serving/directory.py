@@ -57,6 +57,7 @@ class SessionDirectory(Protocol):
     async def sessions_of(self, worker: str) -> list[SessionRecord]: ...
     async def append_events(self, session_id: str, events: list[dict[str, Any]]) -> None: ...
     async def events(self, session_id: str, after: int, limit: int = 1000) -> list[dict[str, Any]]: ...
+    async def last_event(self, session_id: str) -> dict[str, Any] | None: ...
     async def ping(self) -> bool: ...
     async def close(self) -> None: ...
 
@@ -105,6 +106,9 @@ class LocalDirectory:
 
     async def events(self, session_id: str, after: int, limit: int = 1000) -> list[dict[str, Any]]:
         return []
+
+    async def last_event(self, session_id: str) -> dict[str, Any] | None:
+        return None
 
     async def ping(self) -> bool:
         return True
@@ -214,6 +218,10 @@ class RedisDirectory:
     async def events(self, session_id: str, after: int, limit: int = 1000) -> list[dict[str, Any]]:
         entries = await self._call(self._redis.xrange(f"vigil:events:{session_id}", min=f"(0-{after}", count=limit))
         return [json.loads(fields["e"]) for _, fields in entries]
+
+    async def last_event(self, session_id: str) -> dict[str, Any] | None:
+        entries = await self._call(self._redis.xrevrange(f"vigil:events:{session_id}", count=1))
+        return json.loads(entries[0][1]["e"]) if entries else None
 
     async def ping(self) -> bool:
         try:

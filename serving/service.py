@@ -161,9 +161,8 @@ class VigilService:
         await self.directory.close()
 
     async def _end_orphan(self, record: SessionRecord) -> None:
-        last = await self.directory.events(record.id, 0, limit=1_000_000)
-        seq = last[-1]["seq"] + 1 if last else 1
-        t = last[-1]["t"] if last else 0.0
+        last = await self.directory.last_event(record.id)
+        seq, t = (last["seq"] + 1, last["t"]) if last else (1, 0.0)
         closed = {"type": "session_closed", "seq": seq, "session_id": record.id, "t": t, "reason": "worker_restarted"}
         await self.directory.append_events(record.id, [closed])
         await self.directory.set_status(record.id, "lost")
