@@ -68,6 +68,11 @@ def test_perceive_human_output(clip) -> None:
         (["perceive", "{clip}", "--model", "/nonexistent/model"], "could not load model"),
         (["watch", "{clip}", "--ask", "soon:what?"], "SECONDS:question"),
         (["watch", "{clip}", "--budget", "16", "--kv-cap", "4096"], "raise the budget"),
+        (["watch", "{clip}", "--engine", "remote"], "needs at least one URL"),
+        (["watch", "{clip}", "--engine", "remote", "--remote-url", "gpu1:8000"], "http://"),
+        (["serve", "--api-key", "short"], "at least 8 characters"),
+        (["serve", "--port", "70000"], "server.port"),
+        (["serve", "--max-fps", "0"], "max_fps"),
     ],
 )
 def test_bad_input_exits_2_with_one_clear_line(clip, args: list[str], message: str) -> None:
