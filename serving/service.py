@@ -568,6 +568,7 @@ class VigilService:
         h.subscribers += 1
         cursor = after
         try:
+            yield None  # the response starts at once, before the first event
             while True:
                 batch = await h.live.events.wait(cursor, KEEPALIVE_S)
                 if not batch:
