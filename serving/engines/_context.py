@@ -1,0 +1,427 @@
+"""The session context shared by the vLLM and remote engines: an append-only list of segments.
+
+Both engines hand the whole context to a server with automatic prefix caching on every request, so the
+context is laid out to keep its prefix stable:
+
+    [system header] [<t s> <vision_start> item <vision_end>] ... [history "[t s] Q: .. A: .."] ...
+    + per request: [recalled entries] ["[t s] question" + assistant header]
+
+Each visual segment is one multimodal item with a stable uuid, so the server reuses the KV of everything
+before the first change. New entries are appended. A change that removes something from the middle (an
+eviction, a pooled pair, an old dialogue turn) invalidates the cache after that point, so such removals are
+batched: removed segments stay in the prompt (marked stale) until ``compaction_every`` of them accumulate or
+the context reaches its token cap, and are then dropped together (one compaction).
+
+Visual items have whole-chunk granularity. With precomputed embeddings (``embeds``) an item is the entry's
+whole token grid with its grid (t=1, h, w), which gives vLLM's M-RoPE the exact (h, w) positions; tokens the
+differential drop removed are filled with the latest kept value at the same position (the drop's own
+premise: they did not change). A Prune therefore leaves the item as it is. With raw frames (``frames``) an
+item is the entry's kept frames, encoded by the server's own vision tower.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+
+from assistant.config import EngineConfig
+from assistant.models.base import VisionLanguageAdapter
+from assistant.reaction import AddEntry, AnswerRequest, EngineError, EngineSessionStats, MemoryChange
+from memory.store import Evict, MemoryEntry, Pool, Prune
+
+VisualInput = Literal["embeds", "frames"]
+
+
+@dataclass(slots=True)
+class VisualItem:
+    """One multimodal item of the prompt (a memory entry, whole)."""
+
+    uuid: str
+    """Stable id: the server hashes the item by it for prefix caching."""
+    entry_id: int
+    embeds: torch.Tensor | None = None  # [gh * gw, D] row-major over the token grid
+    grid: tuple[int, int] | None = None  # (gh, gw) language-model tokens
+    frames: torch.Tensor | None = None  # [T, H, W, 3] uint8
+
+
+@dataclass(slots=True)
+class Segment:
+    """A piece of the context: the system header, one visual item with its timestamp, or a dialogue turn."""
+
+    sid: str
+    kind: Literal["system", "visual", "text"]
+    text: str
+    """The text itself (system, text) or the timestamp before the item (visual)."""
+    ids: list[int]
+    """Token ids of ``text``."""
+    num_tokens: int
+    """Tokens the segment takes in the server's context (text + placeholders)."""
+    item: VisualItem | None = None
+    stale: bool = False
+    """Removed from the memory; stays in the prompt until the next compaction."""
+    sent: bool = False
+    """Has been part of a request (its KV may be cached); unsent segments are removed outright."""
+
+
+@dataclass(slots=True)
+class SessionState:
+    """Engine-side state of one session."""
+
+    session_id: str
+    nonce: str
+    segments: list[Segment] = field(default_factory=list)
+    history: deque[str] = field(default_factory=deque)
+    pending: list[MemoryChange] = field(default_factory=list)
+    pending_lock: threading.Lock = field(default_factory=threading.Lock)
+    request_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    canvas: torch.Tensor | None = None  # [gh, gw, D] latest kept embedding at each grid position
+    frames_by_entry: dict[int, torch.Tensor] = field(default_factory=dict)  # entry id -> [T, H, W, 3] uint8
+    stale_count: int = 0
+    compactions: int = 0
+    engine_evictions: int = 0
+    prefilled_tokens: int = 0
+    next_text_id: int = 0
+    requests: int = 0
+    warm_signature: tuple[str, ...] = ()
+    """Segment ids of the context the server last prefilled (``sync``)."""
+
+    @property
+    def context_tokens(self) -> int:
+        return sum(s.num_tokens for s in self.segments)
+
+    def signature(self) -> tuple[str, ...]:
+        return tuple(s.sid for s in self.segments)
+
+
+class SegmentContext:
+    """Builds and maintains the segment lists of sessions for an engine that prompts a prefix-caching server."""
+
+    def __init__(self, adapter: VisionLanguageAdapter, config: EngineConfig, visual_input: VisualInput) -> None:
+        if visual_input not in ("embeds", "frames"):
+            raise ValueError(f"visual_input must be 'embeds' or 'frames', got {visual_input!r}")
+        self.adapter = adapter
+        self.config = config
+        self.visual_input = visual_input
+        self.tokenizer = adapter.tokenizer
+        self.token_ids = adapter.token_ids
+        self.sessions: dict[str, SessionState] = {}
+        self.tokens_per_frame: int | None = None
+        """Placeholder tokens one frame takes on the server (frames mode; learned from the first request)."""
+        self.compaction_every = config.vllm.compaction_every
+        self.image_placeholder = image_placeholder(adapter)
+        """Token ids that stand for one image in a token prompt (the server expands the image token)."""
+
+    # -- sessions ------------------------------------------------------------------------------------------
+    def open(self, session_id: str) -> SessionState:
+        if session_id in self.sessions:
+            raise ValueError(f"session {session_id!r} is already open in the engine")
+        state = SessionState(session_id, uuid.uuid4().hex[:12])
+        self.sessions[session_id] = state
+        header = f"<|im_start|>system\n{self.config.system_prompt}<|im_end|>\n<|im_start|>user\n"
+        ids = self.ids(header)
+        state.segments.append(Segment("system", "system", header, ids, len(ids)))
+        return state
+
+    def get(self, session_id: str) -> SessionState:
+        from assistant.reaction import UnknownSessionError
+
+        try:
+            return self.sessions[session_id]
+        except KeyError:
+            raise UnknownSessionError(f"no session {session_id!r} in the engine") from None
+
+    def queue(self, session_id: str, changes: Sequence[MemoryChange]) -> None:
+        state = self.get(session_id)
+        with state.pending_lock:
+            state.pending.extend(changes)
+
+    def stats(self, state: SessionState, bytes_per_token: int) -> EngineSessionStats:
+        tokens = state.context_tokens
+        return EngineSessionStats(
+            kv_tokens=tokens,
+            kv_bytes=tokens * bytes_per_token,
+            kv_cap=self.config.kv_cap_tokens,
+            segments=len(state.segments),
+            pending_changes=len(state.pending),
+            consolidations=state.compactions,
+            engine_evictions=state.engine_evictions,
+            prefilled_tokens=state.prefilled_tokens,
+        )
+
+    # -- token helpers -------------------------------------------------------------------------------------
+    def ids(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False).input_ids)
+
+    @staticmethod
+    def stamp(t: float) -> str:
+        return f"<{t:.1f}s>"
+
+    def question_text(self, request: AnswerRequest) -> str:
+        """The question as it follows the context (the chat template closes the turn after it)."""
+        return f"\n[{request.t:.1f}s] {request.question}"
+
+    def question_ids(self, request: AnswerRequest) -> list[int]:
+        """The question suffix with the assistant header, as the transformers engine lays it out."""
+        return self.ids(f"{self.question_text(request)}<|im_end|>\n<|im_start|>assistant\n")
+
+    def item_tokens(self, item: VisualItem) -> int:
+        """Placeholder tokens of an item on the server."""
+        if item.embeds is not None:
+            return int(item.embeds.shape[0])
+        frames = item.frames
+        assert frames is not None
+        if self.tokens_per_frame is not None:
+            return self.tokens_per_frame * int(frames.shape[0])
+        px = self.adapter.geometry.token_px
+        return int(frames.shape[0]) * max(1, (frames.shape[1] // px) * (frames.shape[2] // px))
+
+    # -- memory changes ------------------------------------------------------------------------------------
+    def visual_segment(self, state: SessionState, entry: MemoryEntry, *, temporary: bool = False) -> Segment:
+        """The segment of a memory entry (``temporary``: a recalled entry, not folded into the canvas)."""
+        tag = f"{state.nonce}-e{entry.entry_id}" + ("-recalled" if temporary else "")
+        item = VisualItem(f"vigil-{state.session_id}-{tag}", entry.entry_id)
+        if self.visual_input == "embeds":
+            item.embeds, item.grid = self._whole_grid(state, entry, temporary)
+        else:
+            item.frames = self._frames_of(state, entry)
+        text = self.stamp(entry.t_start)
+        ids = self.ids(text)
+        return Segment(f"e{entry.entry_id}", "visual", text, ids, self.visual_tokens(ids, item), item)
+
+    def visual_tokens(self, ids: list[int], item: VisualItem) -> int:
+        """Tokens a visual segment takes on the server: timestamp, framing tokens, expanded images."""
+        framing = (len(self.image_placeholder) - 1) * len(split_frames(item))
+        return len(ids) + framing + self.item_tokens(item)
+
+    def _whole_grid(
+        self, state: SessionState, entry: MemoryEntry, temporary: bool
+    ) -> tuple[torch.Tensor, tuple[int, int]]:
+        """The entry's whole token grid [gh * gw, D]: kept tokens, others from the latest value at their place."""
+        if entry.embeddings is None:
+            raise EngineError(
+                "visual_input 'embeds' needs visual embeddings: perception must run the encoder "
+                "(or use visual_input 'frames')"
+            )
+        if entry.num_tokens == 0:
+            raise EngineError(f"memory entry {entry.entry_id} holds no tokens")
+        emb = entry.embeddings.detach().to("cpu")  # [K, D]
+        rows, cols = entry.positions[1].cpu(), entry.positions[2].cpu()  # [K] grid row / col of each kept token
+        gh, gw = int(rows.max()) + 1, int(cols.max()) + 1
+        canvas = state.canvas
+        if canvas is None or canvas.shape[2] != emb.shape[1]:
+            canvas = torch.zeros(gh, gw, emb.shape[1], dtype=emb.dtype)
+        elif canvas.shape[0] < gh or canvas.shape[1] < gw:
+            grown = torch.zeros(max(gh, canvas.shape[0]), max(gw, canvas.shape[1]), emb.shape[1], dtype=emb.dtype)
+            grown[: canvas.shape[0], : canvas.shape[1]] = canvas
+            canvas = grown
+        gh, gw = canvas.shape[0], canvas.shape[1]
+        grid = canvas.clone()  # [gh, gw, D]
+        grid[rows, cols] = emb.to(grid.dtype)
+        if not temporary:
+            state.canvas = grid
+        return grid.reshape(gh * gw, -1).clone(), (gh, gw)
+
+    def _frames_of(self, state: SessionState, entry: MemoryEntry) -> torch.Tensor:
+        frames = getattr(entry, "frames", None)
+        if frames is None and entry.pooled_from:
+            frames = next((state.frames_by_entry[i] for i in entry.pooled_from if i in state.frames_by_entry), None)
+        if frames is None:
+            raise EngineError(
+                f"visual_input 'frames' needs the kept frames of memory entry {entry.entry_id}; "
+                "perception did not keep them (or use visual_input 'embeds')"
+            )
+        frames = torch.as_tensor(frames)
+        if frames.ndim == 3:
+            frames = frames.unsqueeze(0)
+        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != torch.uint8:
+            raise EngineError(f"frames must be uint8 [T, H, W, 3], got {frames.dtype} {tuple(frames.shape)}")
+        state.frames_by_entry[entry.entry_id] = frames
+        return frames
+
+    def absorb(self, state: SessionState) -> int:
+        """Apply queued memory changes to the segment list; returns placeholder + text tokens added."""
+        with state.pending_lock:
+            changes, state.pending = state.pending, []
+        added = 0
+        for change in changes:
+            if isinstance(change, AddEntry):
+                if change.entry.num_tokens:
+                    added += self._append(state, self.visual_segment(state, change.entry))
+            elif isinstance(change, Evict):
+                self._remove(state, [f"e{i}" for i in change.entry_ids])
+                for i in change.entry_ids:
+                    state.frames_by_entry.pop(i, None)
+            elif isinstance(change, Prune):
+                continue  # whole-chunk granularity: the item stays as it is
+            elif isinstance(change, Pool):
+                self._remove(state, [f"e{i}" for i in change.source_ids])
+                if change.entry.num_tokens:
+                    added += self._append(state, self.visual_segment(state, change.entry))
+                for i in change.source_ids:
+                    state.frames_by_entry.pop(i, None)
+            else:
+                raise EngineError(f"unknown memory change {type(change).__name__}")
+        self.maybe_compact(state)
+        return added
+
+    def _append(self, state: SessionState, segment: Segment) -> int:
+        present = next((s for s in state.segments if s.sid == segment.sid), None)
+        if present is not None:  # the same entry again (e.g. re-added after a reset): replace it
+            self._remove(state, [segment.sid])
+        state.segments.append(segment)
+        return segment.num_tokens
+
+    def _remove(self, state: SessionState, sids: Sequence[str]) -> None:
+        """Remove segments: unsent ones at once, sent ones marked stale (dropped at the next compaction)."""
+        wanted = set(sids)
+        kept = []
+        for seg in state.segments:
+            if seg.sid in wanted and not seg.stale:
+                if not seg.sent:
+                    continue
+                seg.stale = True
+                state.stale_count += 1
+            kept.append(seg)
+        state.segments = kept
+
+    def maybe_compact(self, state: SessionState, reserve: int = 0) -> None:
+        """Drop stale segments when enough accumulated or the cap needs room; evict the oldest when still full."""
+        cap = self.config.kv_cap_tokens - reserve
+        if state.stale_count and (state.stale_count >= self.compaction_every or state.context_tokens > cap):
+            self.compact(state)
+        while state.context_tokens > cap:
+            oldest = next((s for s in state.segments if s.kind in ("visual", "text")), None)
+            if oldest is None:
+                raise EngineError(f"the context does not fit the KV cap of {self.config.kv_cap_tokens} tokens")
+            state.segments.remove(oldest)
+            if oldest.sid in state.history:
+                state.history.remove(oldest.sid)
+            if oldest.item is not None:
+                state.frames_by_entry.pop(oldest.item.entry_id, None)
+            state.engine_evictions += 1
+
+    def compact(self, state: SessionState) -> None:
+        """Drop every stale segment at once (the server's cache after the first one is invalidated once)."""
+        if not state.stale_count:
+            return
+        state.segments = [s for s in state.segments if not s.stale]
+        state.stale_count = 0
+        state.compactions += 1
+
+    # -- dialogue window -----------------------------------------------------------------------------------
+    def remember(self, state: SessionState, request: AnswerRequest, answer: str) -> None:
+        """Append the question and answer to the bounded text window (oldest turns removed first)."""
+        window = self.config.text_window_tokens
+        if not request.remember or window == 0:
+            return
+        text = f"\n[{request.t:.1f}s] Q: {request.question}\nA: {answer.strip()}\n"
+        ids = self.ids(text)
+        if len(ids) > window:
+            ids = ids[: window // 2] + ids[-(window - window // 2) :]
+            text = self.tokenizer.decode(ids)
+        by_sid = {s.sid: s for s in state.segments}
+        while state.history and sum(by_sid[s].num_tokens for s in state.history if s in by_sid) + len(ids) > window:
+            self._remove(state, [state.history.popleft()])
+        sid = f"t{state.next_text_id}"
+        state.next_text_id += 1
+        state.segments.append(Segment(sid, "text", text, ids, len(ids)))
+        state.history.append(sid)
+        self.maybe_compact(state)
+
+    # -- prompts -------------------------------------------------------------------------------------------
+    def request_segments(self, state: SessionState, request: AnswerRequest | None) -> list[Segment]:
+        """The context plus the recalled entries of ``request`` (its question is added by the engine)."""
+        segments = list(state.segments)
+        if request is not None:
+            segments += [self.visual_segment(state, e, temporary=True) for e in request.recalled]
+            needed = sum(s.num_tokens for s in segments) + len(self.question_ids(request))
+            if needed + (request.max_new_tokens or self.config.max_new_tokens) > self.config.kv_cap_tokens + 4096:
+                raise EngineError(f"the request needs {needed} tokens; the KV cap is {self.config.kv_cap_tokens}")
+        return segments
+
+    def token_prompt(
+        self, segments: Sequence[Segment], question: list[int] | None
+    ) -> tuple[list[int], list[VisualItem]]:
+        """Token ids with one image placeholder per item (the server expands it), and the items in order."""
+        ids: list[int] = []
+        images: list[VisualItem] = []
+        for seg in segments:
+            ids += seg.ids
+            if seg.item is not None:
+                for image in split_frames(seg.item):
+                    ids += self.image_placeholder
+                    images.append(image)
+        if question is not None:
+            ids += question
+        return ids, images
+
+    @staticmethod
+    def mark_sent(segments: Sequence[Segment]) -> None:
+        for seg in segments:
+            seg.sent = True
+
+
+def image_placeholder(adapter: VisionLanguageAdapter) -> list[int]:
+    """One image in a token prompt: Qwen-VL frames it with vision start/end, others use their image token."""
+    if getattr(adapter, "family", "") in ("qwen2_vl", "qwen2_5_vl"):
+        tid = adapter.token_ids
+        return [tid.vision_start, tid.image_pad, tid.vision_end]
+    cfg = adapter.model.config
+    token = getattr(cfg, "image_token_index", None)
+    if token is None:
+        token = getattr(cfg, "image_token_id", None)
+    if token is None:
+        raise EngineError(f"cannot tell the image token of a {getattr(cfg, 'model_type', '?')!r} checkpoint")
+    return [int(token)]
+
+
+def split_frames(item: VisualItem) -> list[VisualItem]:
+    """One image per frame of a frames item (uuids ``<item>-f<i>``); an embeds item is one image."""
+    if item.frames is None:
+        return [item]
+    return [
+        VisualItem(f"{item.uuid}-f{i}", item.entry_id, frames=item.frames[i : i + 1])
+        for i in range(item.frames.shape[0])
+    ]
+
+
+def kv_bytes_per_token(model_config: Any, dtype: torch.dtype) -> int:
+    """Bytes of keys and values one token takes in the language model's cache."""
+    text = getattr(model_config, "text_config", model_config)
+    heads = int(getattr(text, "num_key_value_heads", None) or text.num_attention_heads)
+    head_dim = int(getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads)
+    return 2 * int(text.num_hidden_layers) * heads * head_dim * torch.tensor([], dtype=dtype).element_size()
+
+
+def yes_no_token_ids(tokenizer: Any) -> tuple[list[int], list[int]]:
+    """First-token ids of 'Yes' and 'No' spellings, without ids both share (as the transformers engine does)."""
+
+    def first(words: tuple[str, ...]) -> set[int]:
+        return {tokenizer(w, add_special_tokens=False).input_ids[0] for w in words}
+
+    y, n = first(("Yes", " Yes", "yes")), first(("No", " No", "no"))
+    y, n = y - n, n - y
+    if not y or not n:
+        raise EngineError("the tokenizer does not separate 'Yes' from 'No' in their first token")
+    return sorted(y), sorted(n)
+
+
+def p_yes(logprobs: dict[int, float], yes: Sequence[int], no: Sequence[int]) -> float:
+    """P(yes) from the log-probabilities of the yes and no first tokens."""
+    missing = [t for t in (*yes, *no) if t not in logprobs]
+    if missing:
+        raise EngineError(f"the server returned no log-probability for token ids {missing}")
+    pair = torch.tensor(
+        [
+            torch.logsumexp(torch.tensor([logprobs[t] for t in yes], dtype=torch.float64), 0),
+            torch.logsumexp(torch.tensor([logprobs[t] for t in no], dtype=torch.float64), 0),
+        ]
+    )
+    return float(torch.softmax(pair, dim=0)[0])
