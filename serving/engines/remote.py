@@ -1,0 +1,378 @@
+"""The remote reaction engine: the same context as the vLLM engine, over OpenAI-compatible ``vllm serve`` replicas.
+
+Each request is a streamed chat completion whose user turn is the session's context: timestamp texts and one
+image part per memory entry, each carrying a stable ``uuid`` so that the replica's prefix cache reuses the KV
+of everything before the first change. A session is pinned to one replica (the one with the fewest sessions
+when it opens) so its prefix stays in one cache; it moves only when its replica cannot be reached.
+
+A request is retried (``retries`` times, after a short backoff, on another replica when its own is down) only
+while it has produced no output, so an answer is never duplicated; a failure after the first delta ends the
+answer with an ``EngineError``. For exact probes and cache figures start the replicas with
+``--logprobs-mode raw_logprobs`` (the default) and ``--enable-prompt-tokens-details``; embeddings need
+``--enable-mm-embeds``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import torch
+
+from assistant.config import EngineConfig
+from assistant.models.base import VisionLanguageAdapter
+from assistant.reaction import (
+    AnswerDelta,
+    AnswerDone,
+    AnswerEvent,
+    AnswerRequest,
+    AnswerStats,
+    EngineError,
+    EngineSessionStats,
+    MemoryChange,
+)
+from serving.engines._context import (
+    Segment,
+    SegmentContext,
+    VisualItem,
+    kv_bytes_per_token,
+    p_yes,
+    split_frames,
+    yes_no_token_ids,
+)
+
+log = logging.getLogger(__name__)
+
+DOWN_FOR_S = 10.0
+"""A replica that refused a connection is skipped for this long when sessions are placed."""
+BACKOFF_S = 0.2
+
+
+class ReplicaUnavailableError(EngineError):
+    """No replica could be reached."""
+
+
+class _Retryable(Exception):
+    """A failure before any output: the request may be sent again."""
+
+    def __init__(self, message: str, *, down: bool) -> None:
+        super().__init__(message)
+        self.down = down
+
+
+@dataclass(slots=True)
+class Replica:
+    """One ``vllm serve`` endpoint."""
+
+    url: str
+    sessions: int = 0
+    down_until: float = 0.0
+    last_error: str = ""
+
+    @property
+    def up(self) -> bool:
+        return time.monotonic() >= self.down_until
+
+
+def _tensor_b64(tensor: torch.Tensor) -> str:
+    buf = io.BytesIO()
+    torch.save(tensor.contiguous().cpu(), buf)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _png_data_url(frame: torch.Tensor) -> str:
+    """A data URL of one uint8 frame [1, H, W, 3] as PNG (lossless)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(frame[0].cpu().numpy()).save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+class RemoteEngine:
+    """ReactionEngine over one or more OpenAI-compatible vLLM servers."""
+
+    def __init__(self, adapter: VisionLanguageAdapter, config: EngineConfig) -> None:
+        opts = config.remote
+        if not opts.urls:
+            raise EngineError("the remote engine needs at least one replica URL (engine.remote.urls / --remote-url)")
+        self.adapter = adapter
+        self.config = config
+        self.model = opts.served_model or adapter.name
+        self.replicas = [Replica(url) for url in opts.urls]
+        self.context = SegmentContext(adapter, config, config.vllm.visual_input)
+        self._pins: dict[str, Replica] = {}
+        self._parts: dict[str, dict[str, Any]] = {}  # image uuid -> encoded content part
+        self._yes, self._no = yes_no_token_ids(adapter.tokenizer)
+        self._bytes_per_token = kv_bytes_per_token(adapter.model.config, adapter.dtype)
+        headers = {"Authorization": f"Bearer {opts.api_key}"} if opts.api_key else {}
+        self._timeout = httpx.Timeout(opts.timeout_s, connect=opts.connect_timeout_s)
+        self._client = httpx.AsyncClient(headers=headers, timeout=self._timeout)
+
+    # -- protocol ------------------------------------------------------------------------------------------
+    async def open_session(self, session_id: str) -> None:
+        self.context.open(session_id)
+        self._pin(session_id)
+
+    async def close_session(self, session_id: str) -> None:
+        state = self.context.sessions.get(session_id)
+        if state is None:
+            return
+        async with state.request_lock:
+            self.context.sessions.pop(session_id, None)
+            replica = self._pins.pop(session_id, None)
+            if replica is not None:
+                replica.sessions -= 1
+            prefix = f"vigil-{session_id}-{state.nonce}-"
+            for key in [k for k in self._parts if k.startswith(prefix)]:
+                del self._parts[key]
+
+    def apply(self, session_id: str, changes: Sequence[MemoryChange]) -> None:
+        self.context.queue(session_id, changes)
+
+    def replica_of(self, session_id: str) -> str:
+        """URL of the replica a session is pinned to."""
+        self.context.get(session_id)
+        return self._pins[session_id].url
+
+    async def sync(self, session_id: str) -> int:
+        """Bring queued changes into the context and have the replica prefill it; returns tokens prefilled."""
+        state = self.context.get(session_id)
+        async with state.request_lock:
+            self.context.absorb(state)
+            if state.signature() == state.warm_signature:
+                return 0
+            segments = self.context.request_segments(state, None)
+            body = self._body(segments, None, max_tokens=1, temperature=0.0)
+            data = await self._post(session_id, body)
+            self.context.mark_sent(segments)
+            state.warm_signature = state.signature()
+            prompt, cached = _usage(data)
+            state.prefilled_tokens += prompt - cached
+            return prompt - cached
+
+    async def answer(self, session_id: str, request: AnswerRequest) -> AsyncIterator[AnswerEvent]:
+        state = self.context.get(session_id)
+        async with state.request_lock:
+            started = time.perf_counter()
+            self.context.absorb(state)
+            max_new = request.max_new_tokens or self.config.max_new_tokens
+            question_tokens = len(self.context.question_ids(request))
+            self.context.maybe_compact(state, reserve=question_tokens + max_new)
+            segments = self.context.request_segments(state, request)
+            temperature = self.config.temperature if request.temperature is None else request.temperature
+            body = self._body(segments, request, max_tokens=max_new, temperature=temperature)
+            if request.min_new_tokens:
+                body["min_tokens"] = min(request.min_new_tokens, max_new)
+            body["stream"] = True
+            body["stream_options"] = {"include_usage": True}
+            text, token_ids, ttft = "", [], 0.0
+            usage: dict[str, Any] = {}
+            finish = "length"
+            async for chunk in self._stream(session_id, body):
+                if chunk.get("usage"):
+                    usage = chunk["usage"]
+                for choice in chunk.get("choices") or ():
+                    piece = (choice.get("delta") or {}).get("content") or ""
+                    ids = tuple(int(i) for i in choice.get("token_ids") or ())
+                    if piece or ids:
+                        if not ttft:
+                            ttft = time.perf_counter() - started
+                        text += piece
+                        token_ids += ids
+                        yield AnswerDelta(piece, ids)
+                    if choice.get("finish_reason"):
+                        finish = "length" if choice["finish_reason"] == "length" else "stop"
+            self.context.mark_sent(segments[: len(state.segments)])
+            state.warm_signature = ()
+            prompt, cached = _usage({"usage": usage})
+            generated = int(usage.get("completion_tokens") or len(token_ids))
+            recalled = sum(s.num_tokens for s in segments[len(state.segments) :])
+            prompt_tokens = question_tokens + recalled
+            state.prefilled_tokens += max(0, prompt - cached) + generated
+            self.context.remember(state, request, text)
+            yield AnswerDone(
+                text,
+                AnswerStats(
+                    synced_tokens=max(0, prompt - cached - prompt_tokens),
+                    prompt_tokens=prompt_tokens,
+                    cached_tokens=cached,
+                    generated_tokens=generated,
+                    retrieved_entries=len(request.recalled),
+                    ttft_s=ttft or time.perf_counter() - started,
+                    total_s=time.perf_counter() - started,
+                    finish_reason=finish,
+                ),
+            )
+
+    async def probe(self, session_id: str, question: str, t: float) -> float:
+        """P(yes) from the replica's log-probabilities of the yes/no first tokens."""
+        state = self.context.get(session_id)
+        async with state.request_lock:
+            self.context.absorb(state)
+            request = AnswerRequest(f"{question} Answer yes or no.", t, kind="probe", remember=False)
+            segments = self.context.request_segments(state, request)
+            labels = [*self._yes, *self._no]
+            body = self._body(segments, request, max_tokens=1, temperature=0.0)
+            body.update(logprobs=True, top_logprobs=len(labels), logprob_token_ids=labels)
+            body["return_tokens_as_token_ids"] = True
+            data = await self._post(session_id, body)
+            self.context.mark_sent(segments[: len(state.segments)])
+            try:
+                content = data["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
+                logprobs = {int(str(e["token"]).rsplit(":", 1)[-1]): float(e["logprob"]) for e in content}
+            except (KeyError, IndexError, TypeError, ValueError) as exc:
+                raise EngineError(f"the replica returned no usable log-probabilities: {exc}") from exc
+            return p_yes(logprobs, self._yes, self._no)
+
+    def session_stats(self, session_id: str) -> EngineSessionStats:
+        return self.context.stats(self.context.get(session_id), self._bytes_per_token)
+
+    async def shutdown(self) -> None:
+        for sid in list(self.context.sessions):
+            await self.close_session(sid)
+        await self._client.aclose()
+
+    # -- requests ------------------------------------------------------------------------------------------
+    def _pin(self, session_id: str, avoid: Replica | None = None) -> Replica:
+        """Pin a session to the reachable replica with the fewest sessions (any replica when none is up)."""
+        old = self._pins.get(session_id)
+        candidates = [r for r in self.replicas if r.up and r is not avoid] or [
+            r for r in self.replicas if r is not avoid
+        ]
+        if not candidates:
+            candidates = list(self.replicas)
+        replica = min(candidates, key=lambda r: (r.sessions, self.replicas.index(r)))
+        if old is not None:
+            old.sessions -= 1
+        replica.sessions += 1
+        self._pins[session_id] = replica
+        return replica
+
+    def _body(
+        self, segments: Sequence[Segment], request: AnswerRequest | None, *, max_tokens: int, temperature: float
+    ) -> dict[str, Any]:
+        """A chat completion request whose user turn is the context (and the question)."""
+        parts: list[dict[str, Any]] = []
+        for seg in segments:
+            if seg.kind == "system":
+                continue
+            parts.append({"type": "text", "text": seg.text})
+            if seg.item is not None:
+                parts += [self._image_part(image) for image in split_frames(seg.item)]
+        if request is not None:
+            parts.append({"type": "text", "text": self.context.question_text(request)})
+        return {
+            "model": self.model,
+            "messages": [
+                {"role": "system", "content": self.config.system_prompt},
+                {"role": "user", "content": parts},
+            ],
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+            "skip_special_tokens": True,
+        }
+
+    def _image_part(self, image: VisualItem) -> dict[str, Any]:
+        part = self._parts.get(image.uuid)
+        if part is not None:
+            return part
+        if image.embeds is not None:
+            m = self.adapter.geometry.merge_size
+            gh, gw = image.grid
+            payload = {"image_embeds": _tensor_b64(image.embeds.float()), "image_grid_thw": [1, gh * m, gw * m]}
+            part = {"type": "image_embeds", "image_embeds": payload, "uuid": image.uuid}
+        else:
+            part = {"type": "image_url", "image_url": {"url": _png_data_url(image.frames)}, "uuid": image.uuid}
+        self._parts[image.uuid] = part
+        return part
+
+    async def _post(self, session_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        """A non-streamed request with retries; returns the response JSON."""
+        chunks = [chunk async for chunk in self._stream(session_id, {**body, "stream": False})]
+        return chunks[0] if chunks else {}
+
+    async def _stream(self, session_id: str, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """The response chunks of a request; retried on another attempt only while nothing was received."""
+        attempts = self.config.remote.retries + 1
+        errors: list[str] = []
+        for attempt in range(attempts):
+            replica = self._pins[session_id]
+            received = False
+            try:
+                async for chunk in self._once(replica, body):
+                    received = received or _has_output(chunk)
+                    yield chunk
+                return
+            except _Retryable as exc:
+                if received:  # never resend what already produced output
+                    raise EngineError(f"replica {replica.url} failed mid-answer: {exc}") from None
+                errors.append(f"{replica.url}: {exc}")
+                replica.last_error = str(exc)
+                if exc.down:
+                    replica.down_until = time.monotonic() + DOWN_FOR_S
+                    if len(self.replicas) > 1:
+                        moved = self._pin(session_id, avoid=replica)
+                        log.warning("session %s moved from %s to %s: %s", session_id, replica.url, moved.url, exc)
+                if attempt + 1 < attempts:
+                    await asyncio.sleep(BACKOFF_S * (attempt + 1))
+        raise ReplicaUnavailableError(f"request failed after {attempts} attempt(s): " + "; ".join(errors))
+
+    async def _once(self, replica: Replica, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        url = f"{replica.url}/chat/completions"
+        try:
+            async with self._client.stream("POST", url, json=body) as response:
+                if response.status_code >= 400:
+                    detail = (await response.aread()).decode("utf-8", "replace")[:500]
+                    message = f"HTTP {response.status_code}: {detail}"
+                    if response.status_code >= 500 or response.status_code in (408, 429):
+                        raise _Retryable(message, down=False)
+                    raise EngineError(f"replica {replica.url} rejected the request: {message}")
+                if not body.get("stream"):
+                    yield json.loads(await response.aread())
+                    return
+                async for line in response.aiter_lines():
+                    if not line.startswith("data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        return
+                    chunk = json.loads(data)
+                    if "error" in chunk:
+                        raise _Retryable(f"stream error: {chunk['error']}", down=False)
+                    yield chunk
+                raise _Retryable("the stream ended without [DONE]", down=False)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            raise _Retryable(f"cannot connect ({type(exc).__name__}: {exc})", down=True) from None
+        except httpx.TimeoutException as exc:
+            raise _Retryable(
+                f"timed out after {self.config.remote.timeout_s:g} s ({type(exc).__name__})", down=False
+            ) from None
+        except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
+            raise _Retryable(f"connection lost ({type(exc).__name__}: {exc})", down=False) from None
+        except json.JSONDecodeError as exc:
+            raise EngineError(f"replica {replica.url} sent a malformed response: {exc}") from None
+
+
+def _usage(data: dict[str, Any]) -> tuple[int, int]:
+    """(prompt tokens, cached prompt tokens) of a response's usage (0, 0 when the replica sent none)."""
+    usage = data.get("usage") or {}
+    details = usage.get("prompt_tokens_details") or {}
+    return int(usage.get("prompt_tokens") or 0), int(details.get("cached_tokens") or 0)
+
+
+def _has_output(chunk: dict[str, Any]) -> bool:
+    """Whether a response chunk carries answer text or tokens (after which a request is never resent)."""
+    for choice in chunk.get("choices") or ():
+        delta = choice.get("delta") or choice.get("message") or {}
+        if delta.get("content") or choice.get("token_ids"):
+            return True
+    return False
