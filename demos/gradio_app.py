@@ -55,7 +55,11 @@ _BANNER_STYLE = {
 
 CAMERA_JS = """
 async () => {
-  const slot = () => document.getElementById("vigil-camera-slot") || document.body;
+  const place = (el) => {  // just above the status banner
+    const status = document.getElementById("vigil-status-slot");
+    if (status && status.parentElement) status.parentElement.insertBefore(el, status);
+    else document.body.prepend(el);
+  };
   let shown = "";
   const show = (text, kind) => {
     let el = document.getElementById("vigil-camera-banner");
@@ -65,7 +69,7 @@ async () => {
       el.id = "vigil-camera-banner";
       el.setAttribute("role", "alert");
       el.style.cssText = "STYLE padding:8px 12px;border-radius:6px;margin:4px 0;font-weight:600;";
-      slot().prepend(el);
+      place(el);
     }
     if (!text && kind !== shown) return;
     shown = text ? kind : "";
@@ -333,10 +337,12 @@ def build_app(
         ui.sent_figures = ui.figures_version
         drops, memory, latency = figures(ui)
         budget = ui.settings.budget_tokens if ui.settings else config.memory.budget_tokens
+        span = [0.0, max(1.0, ui.live.stream_t if ui.live else 0.0)]  # one time axis for the three plots
         return (
-            drops,
-            gr.LinePlot(value=memory, y_lim=[0, budget], title=f"Memory tokens (budget {budget})"),
-            latency,
+            gr.LinePlot(value=drops, x_lim=span),
+            gr.LinePlot(value=memory, x_lim=span, y_lim=[0, budget], title=f"Memory tokens (budget {budget})"),
+            # an empty frame with a colour column would leave the chart unable to draw later points
+            gr.ScatterPlot(value=latency if len(latency) else None, x_lim=span),
             text,
         )
 
@@ -495,9 +501,9 @@ def build_app(
         gr.Markdown(
             "## Vigil — live video chat\nA video model watches the stream, speaks up on its own, and answers any time."
         )
-        gr.HTML(model_banner(model_name), elem_id="vigil-model-slot")
-        gr.HTML("", elem_id="vigil-camera-slot")
-        status = gr.HTML("", elem_id="vigil-status-slot")
+        slot: dict[str, Any] = {"container": False, "padding": False, "min_height": 0}
+        gr.HTML(model_banner(model_name), elem_id="vigil-model-slot", **slot)
+        status = gr.HTML("", elem_id="vigil-status-slot", **slot)
         with gr.Row(equal_height=False):
             with gr.Column(scale=5):
                 with gr.Tab("Webcam"):
@@ -538,7 +544,7 @@ def build_app(
                         label="Standing instructions (one per line)", lines=2, elem_id="vigil-instructions"
                     )
                     apply = gr.Button("Apply & restart", elem_id="vigil-apply")
-                    settings_note = gr.HTML("", elem_id="vigil-settings-note")
+                    settings_note = gr.HTML("", elem_id="vigil-settings-note", **slot)
                 with gr.Row():
                     instruction = gr.Textbox(
                         label="Add a standing instruction now",
@@ -579,8 +585,8 @@ def build_app(
                 height=220,
                 elem_id="vigil-memory-plot",
             )
-            latency_plot = gr.LinePlot(
-                figures(UiSession("", None))[2],
+            latency_plot = gr.ScatterPlot(  # points: one answer is already visible
+                None,
                 x="t",
                 y="seconds",
                 color="metric",
@@ -688,11 +694,27 @@ def run_demo(config: VigilConfig, host: str, port: int) -> int:
         try:
             yield
         finally:
-            await sessions_of(demo).close_all()
+            registry = sessions_of(demo)
+            open_sessions = len(registry.sessions)
+            await registry.close_all()
             await orchestrator.shutdown()
+            print(f"vigil: stopped ({open_sessions} open session(s) closed)", file=sys.stderr, flush=True)
 
     app = FastAPI(lifespan=lifespan)
     gr.mount_gradio_app(app, demo, path="", footer_links=["api"])
+    mounted = app.routes[-1].app  # the gradio app: its stop event ends the tabs' heartbeat streams
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            stop = getattr(mounted, "stop_event", None)
+            if stop is not None:
+                stop.set()
+            super().handle_exit(sig, frame)
+            # a signal is how this command is meant to stop: exit normally once shut down, do not re-raise it
+            captured = getattr(self, "_captured_signals", None)
+            if isinstance(captured, list):
+                captured.clear()
+
     print(f"vigil: the live-video chat app is at http://{host}:{port}/", file=sys.stderr, flush=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    Server(uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)).run()
     return 0
