@@ -48,6 +48,8 @@ class MemoryEntry:
     """Dialogue round at insertion."""
     pooled_from: tuple[int, ...] = ()
     """Ids of the entries averaged into this one."""
+    frames: torch.Tensor | None = None
+    """[T, H, W, 3] uint8 resized frames of the step, for engines that encode raw frames themselves."""
 
     def __post_init__(self) -> None:
         if self.token_indices.ndim != 1:
@@ -77,7 +79,7 @@ class MemoryEntry:
     @property
     def nbytes(self) -> int:
         """Bytes of all tensors (a tensor shared by embeddings and features counts once)."""
-        tensors = [self.token_indices, self.positions, self.embeddings]
+        tensors = [self.token_indices, self.positions, self.embeddings, self.frames]
         if self.features is not self.embeddings:
             tensors.append(self.features)
         return sum(t.numel() * t.element_size() for t in tensors if t is not None)

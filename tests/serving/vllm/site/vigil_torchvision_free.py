@@ -1,7 +1,7 @@
-"""Loads transformers' Qwen2-VL image processor modules without torchvision (CPU test environment only).
+"""Loads transformers' Qwen2-VL and Pixtral image processor modules without torchvision (CPU tests only).
 
-PyPI has no CPU build of torchvision that imports beside the CPU torch, and vLLM's Qwen2-VL / Qwen2.5-VL model
-modules import the torchvision image processor of transformers at import time. In the vLLM test environment this
+PyPI has no CPU build of torchvision that imports beside the CPU torch, and vLLM's Qwen2-VL / Qwen2.5-VL and LLaVA
+model modules import torchvision image processors of transformers at import time. In the vLLM test environment this
 module is imported at interpreter start (a ``.pth`` file, so vLLM's spawned engine processes get it too) and
 serves those imports from transformers' PIL image processor instead. The PIL processor computes the same
 patches; only the backend differs.
@@ -15,11 +15,16 @@ import importlib.util
 import sys
 import types
 
-_PACKAGE = "transformers.models.qwen2_vl"
+_MODELS = "transformers.models"
 _ALIASES = {
-    f"{_PACKAGE}.image_processing_qwen2_vl": (
-        f"{_PACKAGE}.image_processing_pil_qwen2_vl",
+    f"{_MODELS}.qwen2_vl.image_processing_qwen2_vl": (
+        f"{_MODELS}.qwen2_vl.image_processing_pil_qwen2_vl",
         {"Qwen2VLImageProcessor": "Qwen2VLImageProcessorPil"},
+    ),
+    # vLLM's LLaVA module imports its Pixtral sibling, which imports this
+    f"{_MODELS}.pixtral.image_processing_pixtral": (
+        f"{_MODELS}.pixtral.image_processing_pil_pixtral",
+        {"PixtralImageProcessor": "PixtralImageProcessorPil"},
     ),
 }
 
@@ -65,7 +70,7 @@ def _without_video(cls: type) -> None:
     def get_attributes(inner: type) -> list[str]:
         return list(names)
 
-    def __init__(self: object, *args: object, **kwargs: object) -> None:  # noqa: N807
+    def __init__(self: object, *args: object, **kwargs: object) -> None:
         kwargs.update(zip(names, args, strict=False))  # sub-processors arrive in get_attributes order
         kwargs.pop("video_processor", None)
         init(self, *args[len(names) :], **kwargs)
