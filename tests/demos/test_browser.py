@@ -92,7 +92,8 @@ new MutationObserver(() => {
 def browser_app(tiny_adapter, app_server, app_stopper) -> Iterator[RunningApp]:
     previous = os.environ.get("GRADIO_HEARTBEAT_INTERVAL")
     os.environ["GRADIO_HEARTBEAT_INTERVAL"] = "1"  # a closed tab is noticed within about a second
-    running = app_server(tiny_adapter, app_config(max_new_tokens=96))
+    # answers of 48-96 tokens take a few hundred ms on the tiny model: long enough to be seen streaming
+    running = app_server(tiny_adapter, app_config(max_new_tokens=96), answer_options={"min_new_tokens": 48})
     yield running
     app_stopper(running)
     if previous is None:
@@ -140,7 +141,9 @@ def test_live_chat_in_a_real_browser(browser_app: RunningApp, camera_y4m: Path, 
         assert answer.text and answer.answer_id
         wait(driver, lambda d: answer.text[:12] in text_of(d, "vigil-chat"), 20, "the answer is not shown")
         states = [s for s in driver.execute_script("return window.vigilChatStates") if "What is happening" in s]
-        partial = [s for s in states if s.rstrip().endswith("…")]  # the answer still growing
+        head = answer.text.strip()[:4]
+        partial = [s for s in states if s.rstrip().endswith("…") and head in s.split("What is happening")[-1]]
+        # seen growing: some of its text on the page while it was still being generated
         assert len(states) >= 3 and partial, f"the answer was not streamed: {len(states)} chat states"
         assert box.get_attribute("value") == ""  # the question box was cleared
 
