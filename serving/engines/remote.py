@@ -174,6 +174,7 @@ class RemoteEngine:
                 body["min_tokens"] = min(request.min_new_tokens, max_new)
             body["stream"] = True
             body["stream_options"] = {"include_usage": True}
+            body["return_token_ids"] = True  # vLLM: the generated ids ride along with the text
             text, token_ids, ttft = "", [], 0.0
             usage: dict[str, Any] = {}
             finish = "length"
@@ -191,6 +192,11 @@ class RemoteEngine:
                         yield AnswerDelta(piece, ids)
                     if choice.get("finish_reason"):
                         finish = "length" if choice["finish_reason"] == "length" else "stop"
+            if token_ids:  # the whole answer decoded at once (a streaming detokenizer holds back a partial char)
+                whole = self.adapter.tokenizer.decode(token_ids, skip_special_tokens=True)
+                if whole.startswith(text) and len(whole) > len(text):
+                    yield AnswerDelta(whole[len(text) :], ())
+                    text = whole
             self.context.mark_sent(segments[: len(state.segments)])
             state.warm_signature = ()
             prompt, cached = _usage({"usage": usage})

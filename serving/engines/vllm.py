@@ -104,10 +104,11 @@ class VLLMEngine:
         self._bytes_per_token = kv_bytes_per_token(adapter.model.config, adapter.dtype)
         started = time.perf_counter()
         try:
-            self.llm = AsyncLLM.from_engine_args(engine_args(adapter, self.config, **engine_overrides))
+            self.llm: AsyncLLM | None = AsyncLLM.from_engine_args(engine_args(adapter, self.config, **engine_overrides))
         except Exception as exc:  # vLLM raises many kinds at start (config, memory, device)
             raise EngineError(f"vLLM could not start on {adapter.name!r}: {exc}") from exc
         self.start_s = time.perf_counter() - started
+        """Seconds vLLM took to start."""
         log.info("vLLM engine started in %.1f s (%s input)", self.start_s, self.visual_input)
 
     # -- protocol ------------------------------------------------------------------------------------------
@@ -230,7 +231,10 @@ class VLLMEngine:
     async def shutdown(self) -> None:
         for sid in list(self.context.sessions):
             await self.close_session(sid)
-        self.llm.shutdown()
+        if self.llm is not None:
+            llm, self.llm = self.llm, None
+            llm.shutdown()
+            del llm  # released now, not in the interpreter's teardown (where vLLM's finalizer fails)
 
     # -- internals -----------------------------------------------------------------------------------------
     def _prompt(self, state: SessionState, segments: Sequence[Segment], question: list[int] | None) -> dict:

