@@ -524,8 +524,8 @@ def build_app(
                     with gr.Row():
                         play = gr.Button("Play as live", variant="primary", elem_id="vigil-play")
                         stop = gr.Button("Stop", elem_id="vigil-stop")
-                with gr.Accordion("Settings (apply restarts the session)", open=False):
-                    fps = gr.Number(defaults.fps, label="Frames per second", minimum=0.1, elem_id="vigil-fps")
+                with gr.Accordion("Settings (apply restarts the session)", open=False, elem_id="vigil-settings"):
+                    fps = gr.Number(defaults.fps, label="Frames per second", elem_id="vigil-fps")
                     threshold = gr.Number(
                         defaults.drop_threshold,
                         label=f"Drop threshold ({config.perception.drop.mode} mode; empty = default)",

@@ -197,6 +197,26 @@ def test_a_denied_camera_shows_a_banner(browser_app: RunningApp, tmp_path, artif
         shot = tmp_path / "vigil-camera-denied.png"
         driver.save_screenshot(str(shot))
         artifact_saver(shot)
+
+        # settings: a bad value is refused with the reason, a good one restarts the session with it
+        from selenium.webdriver.common.by import By
+
+        driver.find_element(By.CSS_SELECTOR, "#vigil-settings button").click()  # open the accordion
+        fps = wait(driver, lambda d: d.find_element(By.CSS_SELECTOR, "#vigil-fps input"), 10, "no fps field")
+        fps.clear()
+        fps.send_keys("0")
+        driver.find_element(By.ID, "vigil-apply").click()
+        wait(
+            driver,
+            lambda d: "perception.fps: Input should be greater than 0" in text_of(d, "vigil-settings-note"),
+            20,
+            "a bad fps was not refused with its reason",
+        )
+        fps.clear()
+        fps.send_keys("1")
+        driver.find_element(By.ID, "vigil-apply").click()
+        wait(driver, lambda d: "Applied: 1 fps" in text_of(d, "vigil-settings-note"), 20, "good settings not applied")
+        wait(driver, lambda d: "Session started: 1 fps" in text_of(d, "vigil-chat"), 20, "the session did not restart")
     finally:
         driver.quit()
 
