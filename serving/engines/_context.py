@@ -33,7 +33,14 @@ import torch
 
 from assistant.config import EngineConfig
 from assistant.models.base import VisionLanguageAdapter
-from assistant.reaction import AddEntry, AnswerRequest, EngineError, EngineSessionStats, MemoryChange
+from assistant.reaction import (
+    AddEntry,
+    AnswerRequest,
+    EngineError,
+    EngineSessionStats,
+    MemoryChange,
+    UnknownSessionError,
+)
 from memory.store import Evict, MemoryEntry, Pool, Prune
 
 VisualInput = Literal["embeds", "frames"]
@@ -130,8 +137,6 @@ class SegmentContext:
         return state
 
     def get(self, session_id: str) -> SessionState:
-        from assistant.reaction import UnknownSessionError
-
         try:
             return self.sessions[session_id]
         except KeyError:

@@ -198,6 +198,7 @@ class RemoteEngine:
                     yield AnswerDelta(whole[len(text) :], ())
                     text = whole
             self.context.mark_sent(segments[: len(state.segments)])
+            self._forget_parts(state)
             state.warm_signature = ()
             prompt, cached = _usage({"usage": usage})
             generated = int(usage.get("completion_tokens") or len(token_ids))
@@ -286,6 +287,13 @@ class RemoteEngine:
             "temperature": temperature,
             "skip_special_tokens": True,
         }
+
+    def _forget_parts(self, state: Any) -> None:
+        """Drop the encoded parts of items that left the session's context."""
+        prefix = f"vigil-{state.session_id}-{state.nonce}-"
+        live = {image.uuid for seg in state.segments if seg.item is not None for image in split_frames(seg.item)}
+        for key in [k for k in self._parts if k.startswith(prefix) and k not in live]:
+            del self._parts[key]
 
     def _image_part(self, image: VisualItem) -> dict[str, Any]:
         part = self._parts.get(image.uuid)

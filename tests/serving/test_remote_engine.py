@@ -228,6 +228,9 @@ def test_sessions_pinned_prefix_reused_and_items_carry_stable_uuids(tiny_adapter
         assert part["image_embeds"]["image_grid_thw"] == [1, 8, 12]  # whole 4 x 6 token grid, in patches
         stats = engine.session_stats("a")
         assert stats.segments == 1 + 12 + 3 and stats.kv_tokens > 12 * 24
+        assert len(engine._parts) == 2 * 12  # each live item encoded once, reused by every request
+        await b.close()
+        assert len(engine._parts) == 12  # a closed session's encodings are freed
         await engine.shutdown()
 
     asyncio.run(run())
