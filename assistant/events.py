@@ -39,6 +39,8 @@ class PerceptionUpdate:
     """[K, D] visual tokens of the kept positions, when the encoder ran."""
     features: torch.Tensor | None = None
     """[K, C] per-token vectors compared by the drop (pixels or embeddings), for memory policies."""
+    frames: torch.Tensor | None = None
+    """[T, H, W, 3] uint8 resized frames of the step, kept for engines that encode raw frames themselves."""
     timings: dict[str, float] = field(default_factory=dict)
     """Seconds spent per stage (see ``STAGES``)."""
 

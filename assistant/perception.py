@@ -80,8 +80,11 @@ class Perception:
         *,
         geometry: VisualGeometry | None = None,
         need_embeddings: bool = False,
+        keep_frames: bool = False,
     ) -> None:
         self.config = config
+        self.keep_frames = keep_frames
+        """Attach each step's resized frames to its update (engines that encode raw frames)."""
         self.adapter = adapter
         self.geometry = geometry or (adapter.geometry if adapter is not None else VisualGeometry())
         self.frames_per_step = config.frames_per_step or self.geometry.temporal_patch_size
@@ -119,6 +122,7 @@ class Perception:
         adapter: VisionLanguageAdapter | None = None,
         *,
         need_embeddings: bool = False,
+        keep_frames: bool = False,
     ) -> Perception:
         """Build from the whole config tree, applying the model section's pixel limits."""
         base = adapter.geometry if adapter is not None else VisualGeometry()
@@ -128,7 +132,9 @@ class Perception:
             if v is not None
         }
         geometry = dataclasses.replace(base, **overrides)
-        return cls(config.perception, adapter, geometry=geometry, need_embeddings=need_embeddings)
+        return cls(
+            config.perception, adapter, geometry=geometry, need_embeddings=need_embeddings, keep_frames=keep_frames
+        )
 
     @property
     def grid(self) -> tuple[int, int] | None:
@@ -211,7 +217,13 @@ class Perception:
             reset=result.reset,
             embeddings=kept_embeddings,
             features=features,
+            frames=_as_uint8_frames(x) if self.keep_frames else None,
             timings=timings,
         )
         self.stats.add(update, len(frames))
         return update
+
+
+def _as_uint8_frames(x: torch.Tensor) -> torch.Tensor:
+    """[T, 3, H, W] in [0, 1] -> [T, H, W, 3] uint8."""
+    return (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous()

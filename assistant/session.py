@@ -66,7 +66,12 @@ class Session:
         self.config = config
         self.adapter = adapter
         self.engine = engine
-        self.perception = Perception.from_config(config, adapter, need_embeddings=True)
+        engine_config = config.engine
+        raw_frames = engine_config.kind in ("vllm", "remote") and engine_config.vllm.visual_input == "frames"
+        # an engine that encodes the kept frames itself needs them instead of our visual embeddings
+        self.perception = Perception.from_config(
+            config, adapter, need_embeddings=not raw_frames, keep_frames=raw_frames
+        )
         self.archive = archive if archive is not None else build_archive(config.memory, session_id)
         self.memory = VisualMemory(config.memory.budget_tokens, make_policy(config.memory.policy), self.archive)
 
@@ -104,6 +109,7 @@ class Session:
             positions=update.positions,
             embeddings=update.embeddings,
             features=update.features,
+            frames=update.frames,
             round=self.memory.round,
         )
         ops = self.memory.add(entry)

@@ -104,3 +104,33 @@ def test_configuration_errors(tiny_adapter) -> None:
     image = np.random.default_rng(1).integers(0, 256, (56, 56, 3), np.uint8)
     u = one.push(_frame(0, image))
     assert u is not None and u.frame_indices == (0,) and u.embeddings.shape == (4, 128)
+
+
+def test_kept_frames_for_engines_that_encode_raw_frames(tiny_adapter) -> None:
+    import asyncio
+
+    from assistant.session import Session
+    from serving.engines.hf import HFEngine
+
+    p = Perception(PerceptionConfig(fps=1.0, drop={"mode": "pixel"}), keep_frames=True, geometry=VisualGeometry())
+    image = np.random.default_rng(0).integers(0, 255, (56, 84, 3), dtype=np.uint8)
+    update = list(p.run(_frame(i, image) for i in range(2)))[0]
+    assert update.frames is not None and update.frames.dtype == torch.uint8
+    assert tuple(update.frames.shape) == (2, 56, 84, 3)  # [T, H, W, 3] at the stream's resized size
+    assert torch.equal(update.frames[0], torch.from_numpy(image))  # already a multiple of 28: unchanged
+    assert _pixel().run([_frame(0, image), _frame(1, image)]).__next__().frames is None  # off by default
+
+    # a session whose engine takes raw frames keeps them in memory and skips the vision encoder
+    config = VigilConfig(
+        model={"name": "tiny"},
+        perception={"fps": 1.0, "drop": {"mode": "pixel"}},
+        engine={"kind": "vllm", "vllm": {"visual_input": "frames"}},
+    )
+    engine = HFEngine(tiny_adapter, config.engine)  # stands in: only apply() is called here
+    session = Session("s-frames", config, tiny_adapter, engine)
+    asyncio.run(session.start())
+    assert session.perception.keep_frames and not session.perception.encodes
+    for i in range(2):
+        session.ingest(_frame(i, image))
+    entry = session.memory.entries[0]
+    assert entry.frames is not None and entry.frames.shape[0] == 2 and entry.embeddings is None

@@ -214,3 +214,39 @@ def test_raw_frames_are_encoded_by_vllm(llava_adapter, vllm_llava, loop_thread) 
     want = want[: next((i for i, t in enumerate(want) if t in stop), len(want))]
     assert ids == want
     loop_thread.run(engine.close_session("frames"))
+
+
+def test_a_live_session_feeds_its_kept_frames_to_vllm(vllm_llava, loop_thread, real_clips) -> None:
+    """Perception keeps the resized frames of each stored step; vLLM encodes them; questions reuse the prefix."""
+    from assistant.sources import VideoFileSource
+
+    engine = vllm_llava
+    config = VigilConfig(
+        model={"max_pixels": 112 * 112},  # small frames: 16 tokens a step here
+        perception={"fps": 6.0, "drop": {"mode": "pixel", "threshold": 0.0}},
+        memory={"budget_tokens": 4096, "archive": "none"},
+        engine=engine.config,
+    )
+    session = Session("live-frames", config, None, engine)  # pixel-mode drop: no vision encoder of ours
+    assert session.perception.keep_frames and not session.perception.encodes
+
+    async def run() -> list[AnswerDone]:
+        await session.start()
+        answers = []
+        with VideoFileSource(real_clips["bigbuckbunny"], fps=6.0) as source:
+            for i, frame in enumerate(source):
+                session.ingest(frame)
+                if i in (7, 23):
+                    answers.append((await _ask(engine, session.session_id, AnswerRequest("what is it?", frame.t)))[1])
+                if i == 23:
+                    break
+        await session.close()
+        return answers
+
+    answers = loop_thread.run(run())
+    entries = session.memory.entries
+    assert entries and all(e.frames is not None and e.frames.dtype == torch.uint8 for e in entries)
+    assert all(done.stats.generated_tokens >= 1 for done in answers)
+    assert len(answers) == 2 and len(entries) == 12  # 24 frames, 2 per step, every step stored
+    # the steps before the first question came from vLLM's prefix cache (whole 128-token blocks on CPU)
+    assert answers[1].stats.cached_tokens >= 128 > answers[0].stats.cached_tokens
