@@ -114,11 +114,11 @@ def test_kept_frames_for_engines_that_encode_raw_frames(tiny_adapter) -> None:
 
     p = Perception(PerceptionConfig(fps=1.0, drop={"mode": "pixel"}), keep_frames=True, geometry=VisualGeometry())
     image = np.random.default_rng(0).integers(0, 255, (56, 84, 3), dtype=np.uint8)
-    update = list(p.run(_frame(i, image) for i in range(2)))[0]
+    update = next(iter(p.run(_frame(i, image) for i in range(2))))
     assert update.frames is not None and update.frames.dtype == torch.uint8
     assert tuple(update.frames.shape) == (2, 56, 84, 3)  # [T, H, W, 3] at the stream's resized size
     assert torch.equal(update.frames[0], torch.from_numpy(image))  # already a multiple of 28: unchanged
-    assert _pixel().run([_frame(0, image), _frame(1, image)]).__next__().frames is None  # off by default
+    assert next(iter(_pixel().run([_frame(0, image), _frame(1, image)]))).frames is None  # off by default
 
     # a session whose engine takes raw frames keeps them in memory and skips the vision encoder
     config = VigilConfig(
