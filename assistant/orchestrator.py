@@ -43,7 +43,7 @@ from assistant.events import (
 from assistant.models.base import VisionLanguageAdapter
 from assistant.reaction import AnswerDelta, AnswerDone, ReactionEngine
 from assistant.session import Session
-from assistant.sources import Frame, InvalidFrameError, as_rgb, decode_image
+from assistant.sources import Frame, FrameSource, InvalidFrameError, aiter_frames, as_rgb, decode_image
 
 log = logging.getLogger(__name__)
 
@@ -257,6 +257,23 @@ class LiveSession:
         self._frame_index += 1
         self._frame_ready.set()
         return True
+
+    async def play(self, source: FrameSource, offset: float = 0.0, *, lossless: bool = False) -> AsyncIterator[float]:
+        """Push a source's frames at ``offset`` + their time as they arrive; yields each queued frame's stream time.
+
+        ``lossless`` waits for room in the queue instead of dropping the oldest frame (a file played faster than
+        real time). Closing the iterator closes the source.
+        """
+        with source:
+            async with contextlib.aclosing(aiter_frames(source)) as frames:
+                async for frame in frames:
+                    if self._closed:
+                        return
+                    if lossless:
+                        await self.wait_for_room()
+                    stamp = offset + frame.t
+                    if self.push_frame(frame.image, stamp):
+                        yield stamp
 
     async def wait_for_room(self) -> None:
         """Wait until the frame queue has room (lossless playback of a file, instead of dropping)."""

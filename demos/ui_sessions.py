@@ -24,7 +24,7 @@ from assistant.config import VigilConfig, format_validation_error
 from assistant.decision import InstructionMonitor
 from assistant.events import SessionEvent
 from assistant.orchestrator import LiveSession, Orchestrator, SessionClosedError, SessionOptions
-from assistant.sources import SourceError, aiter_frames, open_source
+from assistant.sources import SourceError, open_source
 
 log = logging.getLogger(__name__)
 
@@ -429,14 +429,11 @@ class UiSession:
     async def _play(self, live: LiveSession, source: Any, offset: float, label: str) -> None:
         outcome = "ended"
         try:
-            with source:
-                async with contextlib.aclosing(aiter_frames(source)) as frames:
-                    async for frame in frames:
-                        if live.closed:
-                            return
-                        stamp = offset + frame.t
-                        if live.push_frame(frame.image, stamp):
-                            self._last_push = stamp
+            async with contextlib.aclosing(live.play(source, offset)) as pushed:
+                async for stamp in pushed:
+                    self._last_push = stamp
+            if live.closed:
+                return
             end = getattr(source, "end", None)
             if end is not None and end.reason != "eof":
                 outcome = f"ended ({end.reason}: {end.message})" if getattr(end, "message", "") else end.reason

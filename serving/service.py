@@ -25,7 +25,7 @@ from assistant.config import VigilConfig, format_validation_error
 from assistant.decision import InstructionMonitor
 from assistant.events import ErrorEvent, SessionEvent
 from assistant.orchestrator import LiveSession, Orchestrator, SessionClosedError, SessionOptions
-from assistant.sources import InvalidFrameError, SourceError, aiter_frames, decode_image, open_source
+from assistant.sources import InvalidFrameError, SourceError, decode_image, open_source
 from serving.directory import DirectoryError, LocalDirectory, SessionDirectory, SessionRecord
 from serving.limits import TokenBucket
 from serving.metrics import Metrics
@@ -478,18 +478,12 @@ class VigilService:
         fps = h.config.perception.fps
         offset = 0.0 if live.last_frame_t is None else live.last_frame_t + 1.0 / fps
         try:
-            with frames:
-                async with contextlib.aclosing(aiter_frames(frames)) as stream:
-                    async for frame in stream:
-                        if live.closed:
-                            break
-                        if speed == "max":
-                            await live.wait_for_room()
-                        live.push_frame(frame.image, t=offset + frame.t)
-                        playback.frames += 1
-                        h.frames_in += 1
-                        h.last_active = time.monotonic()
-                        self.metrics.frames_in.inc()
+            async with contextlib.aclosing(live.play(frames, offset, lossless=speed == "max")) as pushed:
+                async for _ in pushed:
+                    playback.frames += 1
+                    h.frames_in += 1
+                    h.last_active = time.monotonic()
+                    self.metrics.frames_in.inc()
             end = getattr(frames, "end", None)
             playback.end_reason = end.reason if end is not None else "end"
         except (SourceError, SessionClosedError) as exc:
