@@ -100,3 +100,26 @@ def test_frame_rate_and_body_limits(guarded: Any, tools: Any) -> None:
             assert r.status_code == 413
         finally:
             a.delete(f"/v1/sessions/{sid}")
+
+
+def test_websocket_needs_a_key_too(guarded: Any, tools: Any) -> None:
+    import json
+
+    from websockets.sync.client import connect
+
+    with guarded.client(KEY_A) as a:
+        sid = a.post("/v1/sessions").json()["id"]
+    ws_url = guarded.url.replace("http", "ws") + f"/v1/sessions/{sid}/stream"
+    try:
+        with connect(ws_url) as ws:  # no key: one error message, then closed
+            assert json.loads(ws.recv(timeout=10))["code"] == "unauthorized"
+        with connect(ws_url + f"?api_key={KEY_B}") as ws:  # another key: the session does not exist for it
+            assert json.loads(ws.recv(timeout=10))["code"] == "session_not_found"
+        with connect(ws_url + f"?api_key={KEY_A}") as ws:  # a browser passes its key in the query
+            ws.send(json.dumps({"type": "time", "t": 0}))
+            ws.send(tools.jpeg(0))
+            while (event := json.loads(ws.recv(timeout=30)))["type"] != "frame_accepted":
+                assert event["type"] != "error", event
+    finally:
+        with guarded.client(KEY_A) as a:
+            a.delete(f"/v1/sessions/{sid}")

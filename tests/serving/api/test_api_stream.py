@@ -292,3 +292,24 @@ def test_answer_stream_disconnect_cancels_the_answer(api: Any, session: str, too
         done = [e for e in live.events.since(0) if e.type == "answer_done"]
         assert done[-1].generated_tokens < 2000
     assert isinstance(httpx, object)
+
+
+def test_server_side_video_on_the_allow_list(start_server: Any, real_clips: Any) -> None:
+    clip = real_clips["bigbuckbunny"]
+    server = start_server(server={"video_allow": [str(clip.parent)]})
+    with server.client() as c:
+        sid = c.post("/v1/sessions", json={"fps": 2}).json()["id"]
+        r = c.post(f"/v1/sessions/{sid}/video", json={"source": str(clip), "speed": "max"})
+        assert r.status_code == 202, r.text
+        r2 = c.post(f"/v1/sessions/{sid}/video", json={"source": str(clip)})
+        assert r2.status_code in (202, 409)  # 409 while the first still plays
+        if r2.status_code == 409:
+            assert r2.json()["error"]["code"] == "video_playing"
+        _wait(lambda: c.get(f"/v1/sessions/{sid}/video").json()["state"] != "playing")
+        assert c.get(f"/v1/sessions/{sid}/video").json()["frames"] >= 5
+        sneaky = str(clip.parent / ".." / ".." / "__init__.py")  # resolves outside the allowed folder
+        r = c.post(f"/v1/sessions/{sid}/video", json={"source": sneaky})
+        assert r.status_code == 403 and r.json()["error"]["code"] == "source_not_allowed"
+        r = c.post(f"/v1/sessions/{sid}/video", json={"source": str(clip.parent / "missing.mp4")})
+        assert r.status_code == 404 and r.json()["error"]["code"] == "source_not_found"
+        c.delete(f"/v1/sessions/{sid}")
