@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from assistant.config import VigilConfig
-from assistant.orchestrator import Orchestrator
+from assistant.orchestrator import Orchestrator, SessionClosedError
 from serving.auth import KeyRing, Unauthorized
 from serving.deps import Owner
 from serving.directory import SessionDirectory, make_directory
@@ -449,6 +449,8 @@ def create_app(
                 done = await future
             except asyncio.CancelledError:
                 raise ServiceError(409, "answer_cancelled", "the answer was cancelled") from None
+            except SessionClosedError as exc:
+                raise ServiceError(410, "session_closed", str(exc)) from None
             except ServiceError:
                 raise
             except Exception as exc:

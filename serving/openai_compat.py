@@ -15,6 +15,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from assistant.orchestrator import SessionClosedError
 from serving.deps import Owner
 from serving.schemas import ChatCompletionRequest
 from serving.service import ServiceError, VigilService
@@ -119,6 +120,8 @@ def add_routes(app: FastAPI, service: VigilService) -> None:
                 done = await future
             except asyncio.CancelledError:
                 raise ServiceError(409, "answer_cancelled", "the answer was cancelled") from None
+            except SessionClosedError as exc:
+                raise ServiceError(410, "session_closed", str(exc)) from None
             except Exception as exc:
                 raise ServiceError(502, "engine_error", f"the engine failed: {exc}") from None
             return {
