@@ -222,6 +222,47 @@ class VigilConfig(_Config):
         return self
 
 
+def with_session_options(
+    config: VigilConfig,
+    *,
+    fps: float | None = None,
+    frames_per_step: int | None = None,
+    budget_tokens: int | None = None,
+    memory_policy: str | None = None,
+    drop_mode: str | None = None,
+    drop_threshold: float | None = None,
+    drop_ratio: float | None = None,
+    max_new_tokens: int | None = None,
+) -> VigilConfig:
+    """``config`` with one session's choices applied (None keeps a value), validated as a whole.
+
+    A new drop mode starts from that mode's defaults; a threshold replaces a configured drop ratio and vice versa.
+    Raises pydantic's ValidationError naming every problem.
+    """
+    data = config.model_dump()
+    perception, memory, engine = data["perception"], data["memory"], data["engine"]
+    drop = dict(perception["drop"])
+    if drop_mode is not None and drop_mode != drop.get("mode"):
+        drop = {"mode": drop_mode, "reference": drop.get("reference", "last_kept")}
+    if drop_threshold is not None:
+        drop["threshold"] = drop_threshold
+        drop["drop_ratio"] = drop_ratio
+    elif drop_ratio is not None:
+        drop["drop_ratio"] = drop_ratio
+        drop["threshold"] = None
+    perception["drop"] = drop
+    for section, key, value in (
+        (perception, "fps", fps),
+        (perception, "frames_per_step", frames_per_step),
+        (memory, "budget_tokens", budget_tokens),
+        (memory, "policy", memory_policy),
+        (engine, "max_new_tokens", max_new_tokens),
+    ):
+        if value is not None:
+            section[key] = value
+    return VigilConfig.model_validate(data)
+
+
 def format_validation_error(exc: ValidationError) -> str:
     """One line per problem: ``field.path: message``."""
     lines = []

@@ -605,34 +605,17 @@ def build_app(
         demo.load(None, js=CAMERA_JS)
         demo.unload(on_unload)
         camera.stream(on_camera, [camera, state], None, stream_every=CAMERA_EVERY_S, **quiet)
-        ask_args = {"concurrency_limit": None, "show_progress": "minimal", "api_visibility": "private"}
-        question.submit(on_ask, [question, state], [chatbot, question, status], **ask_args)
-        send.click(on_ask, [question, state], [chatbot, question, status], **ask_args)
+        private = {"concurrency_limit": None, "api_visibility": "private"}
+        question.submit(on_ask, [question, state], [chatbot, question, status], show_progress="minimal", **private)
+        send.click(on_ask, [question, state], [chatbot, question, status], show_progress="minimal", **private)
         poll.tick(on_poll, [state], [chatbot, status], **quiet)
         figure_timer.tick(on_figures, [state], [drop_plot, memory_plot, latency_plot, numbers], **quiet)
-        apply.click(
-            on_apply,
-            [fps, threshold, budget, proactive, instructions, state],
-            [state, chatbot, status, settings_note],
-            concurrency_limit=None,
-            api_visibility="private",
-        )
-        add.click(
-            on_instruction,
-            [instruction, state],
-            [chatbot, instruction],
-            concurrency_limit=None,
-            api_visibility="private",
-        )
-        instruction.submit(
-            on_instruction,
-            [instruction, state],
-            [chatbot, instruction],
-            concurrency_limit=None,
-            api_visibility="private",
-        )
-        play.click(on_play, [upload, url, state], [chatbot, status], concurrency_limit=None, api_visibility="private")
-        stop.click(on_stop, [state], [chatbot, status], concurrency_limit=None, api_visibility="private")
+        settings_in = [fps, threshold, budget, proactive, instructions, state]
+        apply.click(on_apply, settings_in, [state, chatbot, status, settings_note], **private)
+        add.click(on_instruction, [instruction, state], [chatbot, instruction], **private)
+        instruction.submit(on_instruction, [instruction, state], [chatbot, instruction], **private)
+        play.click(on_play, [upload, url, state], [chatbot, status], **private)
+        stop.click(on_stop, [state], [chatbot, status], **private)
 
         with gr.Column(visible=False):  # inputs and outputs of the plain endpoints
             a_session = gr.Textbox(label="session_id")

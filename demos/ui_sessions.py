@@ -20,7 +20,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import ValidationError
 
-from assistant.config import VigilConfig, format_validation_error
+from assistant.config import VigilConfig, format_validation_error, with_session_options
 from assistant.decision import InstructionMonitor
 from assistant.events import SessionEvent
 from assistant.orchestrator import LiveSession, Orchestrator, SessionClosedError, SessionOptions
@@ -126,13 +126,8 @@ def make_settings(
     max_fps = config.server.limits.max_fps
     if fps > max_fps:
         raise UiError(f"fps must be at most {max_fps:g} (server limit), got {fps:g}")
-    data = config.model_dump()
-    data["perception"]["fps"] = fps
-    if threshold is not None:
-        data["perception"]["drop"] = {**data["perception"]["drop"], "threshold": threshold, "drop_ratio": None}
-    data["memory"]["budget_tokens"] = budget
     try:
-        session_config = VigilConfig.model_validate(data)
+        session_config = with_session_options(config, fps=fps, drop_threshold=threshold, budget_tokens=budget)
     except ValidationError as exc:
         raise UiError(f"invalid settings: {format_validation_error(exc)}") from None
     settings = SessionSettings(fps, threshold, budget, proactive, instructions)

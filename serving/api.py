@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from assistant.config import VigilConfig
-from assistant.orchestrator import Orchestrator, SessionClosedError
+from assistant.orchestrator import Orchestrator
 from serving.auth import KeyRing, Unauthorized
 from serving.deps import Owner
 from serving.directory import SessionDirectory, make_directory
@@ -445,17 +445,7 @@ def create_app(
             temperature=body.temperature,
         )
         if not stream:
-            try:
-                done = await future
-            except asyncio.CancelledError:
-                raise ServiceError(409, "answer_cancelled", "the answer was cancelled") from None
-            except SessionClosedError as exc:
-                raise ServiceError(410, "session_closed", str(exc)) from None
-            except ServiceError:
-                raise
-            except Exception as exc:
-                raise ServiceError(502, "engine_error", f"the engine failed: {exc}") from None
-            return _answer_view(done)
+            return _answer_view(await service.wait_answer(future))
 
         async def events() -> AsyncIterator[bytes]:
             finished = False

@@ -20,6 +20,7 @@ from typing import Any
 from assistant.config import EngineConfig, VigilConfig
 from assistant.reaction import AnswerDone, AnswerRequest, ReactionEngine
 from assistant.session import Session
+from evaluation.report import percentile
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,11 +67,6 @@ class ConcurrencyRow:
 
 def _median(values: list[float]) -> float:
     return statistics.median(values) if values else 0.0
-
-
-def _p95(values: list[float]) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))] if ordered else 0.0
 
 
 def _config(cfg: EngineBenchConfig, engine: EngineConfig) -> VigilConfig:
@@ -188,7 +184,7 @@ def format_engine_table(result: dict[str, Any]) -> str:
     ]
     for r in result["concurrency"]:
         lines.append(
-            f"| {r['sessions']} | {_median(r['ttft_s']) * 1000:.1f} | {_p95(r['ttft_s']) * 1000:.1f} | "
+            f"| {r['sessions']} | {_median(r['ttft_s']) * 1000:.1f} | {percentile(r['ttft_s'], 0.95) * 1000:.1f} | "
             f"{r['tokens_per_s']:.1f} |"
         )
     return "\n".join(lines)

@@ -6,7 +6,6 @@ Image parts with ``data:`` URLs are pushed into the session as frames (at "now")
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import time
@@ -15,7 +14,6 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from assistant.orchestrator import SessionClosedError
 from serving.deps import Owner
 from serving.schemas import ChatCompletionRequest
 from serving.service import ServiceError, VigilService
@@ -116,14 +114,7 @@ def add_routes(app: FastAPI, service: VigilService) -> None:
         completion_id = f"chatcmpl-{answer_id}"
         created = int(time.time())
         if not body.stream:
-            try:
-                done = await future
-            except asyncio.CancelledError:
-                raise ServiceError(409, "answer_cancelled", "the answer was cancelled") from None
-            except SessionClosedError as exc:
-                raise ServiceError(410, "session_closed", str(exc)) from None
-            except Exception as exc:
-                raise ServiceError(502, "engine_error", f"the engine failed: {exc}") from None
+            done = await service.wait_answer(future)
             return {
                 "id": completion_id,
                 "object": "chat.completion",

@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
-from assistant.config import VigilConfig, format_validation_error
+from assistant.config import VigilConfig, format_validation_error, with_session_options
 from assistant.decision import InstructionMonitor
-from assistant.events import ErrorEvent, SessionEvent
+from assistant.events import AnswerFinished, ErrorEvent, SessionEvent
 from assistant.orchestrator import LiveSession, Orchestrator, SessionClosedError, SessionOptions
 from assistant.sources import InvalidFrameError, SourceError, decode_image, open_source
 from serving.directory import DirectoryError, LocalDirectory, SessionDirectory, SessionRecord
@@ -190,26 +190,18 @@ class VigilService:
     # -- sessions ------------------------------------------------------------------------------------------
     def session_config(self, spec: SessionCreate) -> VigilConfig:
         """The server's config with a session's choices applied (ServiceError 422 when invalid)."""
-        data = self.config.model_dump()
-        perception, memory, engine = data["perception"], data["memory"], data["engine"]
-        for key, value in (("fps", spec.fps), ("frames_per_step", spec.frames_per_step)):
-            if value is not None:
-                perception[key] = value
-        drop = dict(perception["drop"])
-        if spec.drop_mode is not None and spec.drop_mode != drop.get("mode"):
-            drop = {"mode": spec.drop_mode, "reference": drop.get("reference", "last_kept")}
-        for key, value in (("threshold", spec.drop_threshold), ("drop_ratio", spec.drop_ratio)):
-            if value is not None:
-                drop[key] = value
-        perception["drop"] = drop
-        if spec.budget_tokens is not None:
-            memory["budget_tokens"] = spec.budget_tokens
-        if spec.memory_policy is not None:
-            memory["policy"] = spec.memory_policy
-        if spec.max_new_tokens is not None:
-            engine["max_new_tokens"] = spec.max_new_tokens
         try:
-            return VigilConfig(**data)
+            return with_session_options(
+                self.config,
+                fps=spec.fps,
+                frames_per_step=spec.frames_per_step,
+                budget_tokens=spec.budget_tokens,
+                memory_policy=spec.memory_policy,
+                drop_mode=spec.drop_mode,
+                drop_threshold=spec.drop_threshold,
+                drop_ratio=spec.drop_ratio,
+                max_new_tokens=spec.max_new_tokens,
+            )
         except (ValidationError, ValueError) as exc:
             detail = format_validation_error(exc) if isinstance(exc, ValidationError) else str(exc)
             raise ServiceError(422, "invalid_config", f"invalid session options: {detail}") from None
@@ -522,6 +514,18 @@ class VigilService:
         except ValueError as exc:
             raise ServiceError(422, "invalid_question", str(exc)) from None
         return h, answer_id, future, after
+
+    @staticmethod
+    async def wait_answer(future: asyncio.Future) -> AnswerFinished:
+        """The finished answer of ``ask``, or ServiceError: 409 cancelled, 410 session closed, 502 engine failed."""
+        try:
+            return await future
+        except asyncio.CancelledError:
+            raise ServiceError(409, "answer_cancelled", "the answer was cancelled") from None
+        except SessionClosedError as exc:
+            raise ServiceError(410, "session_closed", str(exc)) from None
+        except Exception as exc:
+            raise ServiceError(502, "engine_error", f"the engine failed: {exc}") from None
 
     async def answer_events(self, h: Hosted, answer_id: str, after: int) -> AsyncIterator[SessionEvent | None]:
         """The answer's events (start, deltas, done or error) as they happen; None now and then as a keepalive."""

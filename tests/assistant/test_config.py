@@ -54,3 +54,23 @@ def test_frozen() -> None:
     cfg = VigilConfig()
     with pytest.raises(ValidationError):
         cfg.perception.fps = 3  # type: ignore[misc]
+
+
+def test_session_options_apply_on_top_of_a_config() -> None:
+    from pydantic import ValidationError
+
+    from assistant.config import VigilConfig, with_session_options
+
+    base = VigilConfig(perception={"drop": {"mode": "pixel", "drop_ratio": 0.5}})
+    c = with_session_options(base, fps=3, budget_tokens=256, drop_threshold=0.1, max_new_tokens=9)
+    assert (c.perception.fps, c.memory.budget_tokens, c.engine.max_new_tokens) == (3, 256, 9)
+    assert c.perception.drop.threshold == 0.1 and c.perception.drop.drop_ratio is None  # threshold replaces ratio
+    c = with_session_options(c, drop_ratio=0.25)
+    assert c.perception.drop.drop_ratio == 0.25 and c.perception.drop.threshold is None
+    c = with_session_options(base, drop_mode="feature")  # a new mode starts from its defaults
+    assert c.perception.drop.mode == "feature" and c.perception.drop.drop_ratio is None
+    assert with_session_options(base) == base
+    with pytest.raises(ValidationError, match="kv_cap_tokens"):
+        with_session_options(base, budget_tokens=100_000)
+    with pytest.raises(ValidationError):
+        with_session_options(base, drop_threshold=0.1, drop_ratio=0.2)  # both at once is refused

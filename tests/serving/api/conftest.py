@@ -82,6 +82,15 @@ def jpeg(seed: int = 0, size: tuple[int, int] = (64, 48), fmt: str = "JPEG") -> 
     return out.getvalue()
 
 
+def post_frame(
+    client: httpx.Client, session_id: str, data: bytes, t: float | None = None, **kwargs: Any
+) -> httpx.Response:
+    """POST one JPEG frame (at stream time ``t`` when given) to a session."""
+    params = {"t": t} if t is not None else {}
+    headers = {"Content-Type": "image/jpeg"}
+    return client.post(f"/v1/sessions/{session_id}/frames", params=params, content=data, headers=headers, **kwargs)
+
+
 def clip_frames(path: Path, count: int, size: tuple[int, int] = (96, 72)) -> list[bytes]:
     """The first ``count`` frames of a real clip, decoded by PyAV and re-encoded as JPEG."""
     import av
@@ -123,4 +132,6 @@ def tools() -> Any:
     """The helpers above, for test modules (importlib mode does not import conftest by name)."""
     from types import SimpleNamespace
 
-    return SimpleNamespace(jpeg=jpeg, clip_frames=clip_frames, sse_events=sse_events, free_port=free_port)
+    return SimpleNamespace(
+        jpeg=jpeg, post_frame=post_frame, clip_frames=clip_frames, sse_events=sse_events, free_port=free_port
+    )

@@ -93,22 +93,11 @@ def test_two_workers_share_the_directory_and_events_survive_a_restart(workers: A
         r = cb.get(f"/v1/sessions/{sid}/memory")  # owned by A: B redirects there
         assert r.status_code == 307 and r.headers["location"] == f"{a.url}/v1/sessions/{sid}/memory"
         assert r.json()["error"]["code"] == "session_on_other_worker"
-        followed = cb.post(
-            f"/v1/sessions/{sid}/frames",
-            params={"t": 0},
-            content=tools.jpeg(0),
-            headers={"Content-Type": "image/jpeg"},
-            follow_redirects=True,
-        )
+        followed = tools.post_frame(cb, sid, tools.jpeg(0), 0, follow_redirects=True)
         assert followed.status_code == 200 and followed.json()["accepted"] == 1
 
         for i in range(1, 6):
-            ca.post(
-                f"/v1/sessions/{sid}/frames",
-                params={"t": i * 0.5},
-                content=tools.jpeg(i),
-                headers={"Content-Type": "image/jpeg"},
-            )
+            tools.post_frame(ca, sid, tools.jpeg(i), i * 0.5)
         seen: list[dict[str, Any]] = []
         with ca.stream("GET", f"/v1/sessions/{sid}/events") as r:  # read some events, then the connection drops
             for event in tools.sse_events(r):

@@ -84,13 +84,13 @@ def test_frame_rate_and_body_limits(guarded: Any, tools: Any) -> None:
         try:
             codes = []
             for i in range(12):  # burst 4 at 2 fps: the rest of an instant burst is refused
-                r = a.post(f"/v1/sessions/{sid}/frames", content=tools.jpeg(i), headers={"Content-Type": "image/jpeg"})
+                r = tools.post_frame(a, sid, tools.jpeg(i))
                 codes.append(r.status_code)
                 if r.status_code == 429:
                     assert r.json()["error"]["code"] == "rate_limited" and int(r.headers["retry-after"]) >= 1
             assert codes.count(200) >= 4 and 429 in codes
             big = b"\xff\xd8" + b"\0" * (128 * 1024)
-            r = a.post(f"/v1/sessions/{sid}/frames", content=big, headers={"Content-Type": "image/jpeg"})
+            r = tools.post_frame(a, sid, big)
             assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large"
             hosted = guarded.service.hosted[sid]
             assert hosted.frames_in == codes.count(200)  # refused frames never reached the session

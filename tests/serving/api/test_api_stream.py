@@ -6,7 +6,6 @@ import json
 import time
 from typing import Any
 
-import httpx
 import pytest
 
 
@@ -30,12 +29,7 @@ def test_frames_from_a_real_clip_then_questions_three_ways(api: Any, session: st
     frames = tools.clip_frames(real_clips["bigbuckbunny"], 12)
     with api.client() as c:
         for i, data in enumerate(frames[:6]):  # one image per request, with its time in the query
-            r = c.post(
-                f"/v1/sessions/{session}/frames",
-                params={"t": i * 0.5},
-                content=data,
-                headers={"Content-Type": "image/jpeg"},
-            )
+            r = tools.post_frame(c, session, data, i * 0.5)
             assert r.status_code == 200, r.text
             assert r.json()["accepted"] == 1 and r.json()["t"] == [i * 0.5]
         files = [("frame", (f"{i}.jpg", data, "image/jpeg")) for i, data in enumerate(frames[6:])]
@@ -91,10 +85,10 @@ def test_frames_from_a_real_clip_then_questions_three_ways(api: Any, session: st
             extra_body={"min_tokens": 2},
         )
     )
-    streamed = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens >= 1
     assert any(ch.choices and ch.choices[0].finish_reason for ch in chunks)
-    assert isinstance(streamed, str)
+    role_and_deltas = [ch for ch in chunks if ch.choices and ch.choices[0].delta.content is not None]
+    assert len(role_and_deltas) >= 2  # the role chunk, then at least one piece of the answer
     ids = [m.id for m in client.models.list().data]
     assert model in ids
     with pytest.raises(Exception, match=r"model_not_found|names no session"):
@@ -104,12 +98,7 @@ def test_frames_from_a_real_clip_then_questions_three_ways(api: Any, session: st
 def test_events_resume_after_a_dropped_connection_without_gap(api: Any, session: str, tools: Any) -> None:
     with api.client() as c:
         for i in range(4):
-            c.post(
-                f"/v1/sessions/{session}/frames",
-                params={"t": i},
-                content=tools.jpeg(i),
-                headers={"Content-Type": "image/jpeg"},
-            )
+            tools.post_frame(c, session, tools.jpeg(i), i)
         api.call(api.service.hosted[session].live.wait_idle(60))
         seen: list[int] = []
         with c.stream("GET", f"/v1/sessions/{session}/events") as r:  # read a few, then drop the connection
@@ -118,12 +107,7 @@ def test_events_resume_after_a_dropped_connection_without_gap(api: Any, session:
                 if len(seen) == 3:
                     break
         for i in range(4, 8):  # more events happen while disconnected
-            c.post(
-                f"/v1/sessions/{session}/frames",
-                params={"t": i},
-                content=tools.jpeg(i),
-                headers={"Content-Type": "image/jpeg"},
-            )
+            tools.post_frame(c, session, tools.jpeg(i), i)
         api.call(api.service.hosted[session].live.wait_idle(60))
         last = api.service.hosted[session].live.events.last_seq
         with c.stream("GET", f"/v1/sessions/{session}/events", headers={"Last-Event-ID": str(seen[-1])}) as r:
@@ -173,12 +157,12 @@ def test_video_upload_is_played_as_live(api: Any, session: str, real_clips: Any)
         assert mem["frames"]["processed"] + sum(mem["frames"]["dropped"].values()) == video["frames"]
 
 
-def test_bad_inputs_get_4xx_and_the_session_keeps_working(api: Any, session: str, tools: Any, tmp_path: Any) -> None:
+def test_bad_inputs_get_4xx_and_the_session_keeps_working(api: Any, session: str, tools: Any) -> None:
     base = f"/v1/sessions/{session}"
     with api.client() as c:
         cases = [
             (
-                c.post(base + "/frames", content=b"\xff\xd8garbage", headers={"Content-Type": "image/jpeg"}),
+                tools.post_frame(c, session, b"\xff\xd8garbage"),
                 422,
                 "invalid_frame",
             ),
@@ -192,11 +176,9 @@ def test_bad_inputs_get_4xx_and_the_session_keeps_working(api: Any, session: str
                 415,
                 "unsupported_media",
             ),
-            (c.post(base + "/frames", content=b"", headers={"Content-Type": "image/jpeg"}), 422, "invalid_frame"),
+            (tools.post_frame(c, session, b""), 422, "invalid_frame"),
             (
-                c.post(
-                    base + "/frames", params={"t": -1}, content=tools.jpeg(1), headers={"Content-Type": "image/jpeg"}
-                ),
+                tools.post_frame(c, session, tools.jpeg(1), -1),
                 422,
                 "invalid_time",
             ),
@@ -223,7 +205,7 @@ def test_bad_inputs_get_4xx_and_the_session_keeps_working(api: Any, session: str
             ),
             (c.get("/v1/sessions/nope/memory"), 404, "session_not_found"),
             (
-                c.post("/v1/sessions/nope/frames", content=tools.jpeg(2), headers={"Content-Type": "image/jpeg"}),
+                tools.post_frame(c, "nope", tools.jpeg(2)),
                 404,
                 "session_not_found",
             ),
@@ -237,16 +219,11 @@ def test_bad_inputs_get_4xx_and_the_session_keeps_working(api: Any, session: str
         r = c.post(base + "/frames", content=bomb, headers={"Content-Type": "image/png"})
         assert r.status_code == 422 and "pixel" in r.json()["error"]["message"]
         # time going backwards
-        assert (
-            c.post(
-                base + "/frames", params={"t": 5}, content=tools.jpeg(3), headers={"Content-Type": "image/jpeg"}
-            ).status_code
-            == 200
-        )
-        r = c.post(base + "/frames", params={"t": 4}, content=tools.jpeg(4), headers={"Content-Type": "image/jpeg"})
+        assert tools.post_frame(c, session, tools.jpeg(3), 5).status_code == 200
+        r = tools.post_frame(c, session, tools.jpeg(4), 4)
         assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_time"
         # and the session still works
-        r = c.post(base + "/frames", params={"t": 6}, content=tools.jpeg(5), headers={"Content-Type": "image/jpeg"})
+        r = tools.post_frame(c, session, tools.jpeg(5), 6)
         assert r.status_code == 200
         r = c.post(
             base + "/messages", params={"stream": "false"}, json={"question": "Still there?", "min_new_tokens": 1}
@@ -269,12 +246,7 @@ def _png_header_bomb() -> bytes:
 
 def test_answer_stream_disconnect_cancels_the_answer(api: Any, session: str, tools: Any) -> None:
     with api.client() as c:
-        c.post(
-            f"/v1/sessions/{session}/frames",
-            params={"t": 0},
-            content=tools.jpeg(0),
-            headers={"Content-Type": "image/jpeg"},
-        )
+        tools.post_frame(c, session, tools.jpeg(0), 0)
         with c.stream(
             "POST",
             f"/v1/sessions/{session}/messages",
@@ -291,7 +263,6 @@ def test_answer_stream_disconnect_cancels_the_answer(api: Any, session: str, too
         )
         done = [e for e in live.events.since(0) if e.type == "answer_done"]
         assert done[-1].generated_tokens < 2000
-    assert isinstance(httpx, object)
 
 
 def test_server_side_video_on_the_allow_list(start_server: Any, real_clips: Any) -> None:
