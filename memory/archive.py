@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from memory.store import MemoryEntry
+from memory.entry import MemoryEntry
 
 log = logging.getLogger(__name__)
 
