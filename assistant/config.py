@@ -3,11 +3,31 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from memory.token_drop import DropPolicy
+
+# Bounds shared by the config tree and the per-session options (declared once).
+Fps = Annotated[float, Field(gt=0, le=60, description="Frames sampled per second of stream time.")]
+FramesPerStep = Annotated[
+    int,
+    Field(
+        ge=1,
+        le=8,
+        description="Sampled frames per temporal step (at most the model's temporal patch, 2 for Qwen-VL); default "
+        "the temporal patch. With 1, each frame is its own step (finer timing, twice the tokens).",
+    ),
+]
+BudgetTokens = Annotated[int, Field(ge=16, le=1_000_000, description="Visual tokens the memory may hold.")]
+MemoryPolicyName = Literal["sink_window", "redundancy", "round_pool"]
+MaxNewTokens = Annotated[int, Field(ge=1, le=8192, description="Longest answer in tokens.")]
+Proactive = Literal["off", "scene", "narrate"]
+MAX_INSTRUCTIONS = 16
+"""Standing instructions one session may hold."""
+MAX_INSTRUCTION_CHARS = 1000
+Instruction = Annotated[str, Field(min_length=1, max_length=MAX_INSTRUCTION_CHARS)]
 
 
 class _Config(BaseModel):
@@ -40,14 +60,8 @@ class ModelConfig(_Config):
 class PerceptionConfig(_Config):
     """Sampling, encoding and differential token drop of incoming frames."""
 
-    fps: float = Field(1.0, gt=0, le=60, description="Frames sampled per second of stream time.")
-    frames_per_step: int | None = Field(
-        None,
-        ge=1,
-        le=8,
-        description="Sampled frames per temporal step; default the model's temporal patch (2). With 1, each frame "
-        "is its own step (finer timing, twice the tokens).",
-    )
+    fps: Fps = 1.0
+    frames_per_step: FramesPerStep | None = None
     drop: DropPolicy = Field(default_factory=DropPolicy, description="Differential token drop policy.")
     encode: Literal["auto", "always", "never"] = Field(
         "auto",
@@ -80,10 +94,8 @@ DEFAULT_SYSTEM_PROMPT = (
 class MemoryConfig(_Config):
     """The bounded visual memory of a session and its long-term archive."""
 
-    budget_tokens: int = Field(8192, ge=16, le=1_000_000, description="Visual tokens the memory may hold.")
-    policy: Literal["sink_window", "redundancy", "round_pool"] = Field(
-        "sink_window", description="What to do when the budget is reached."
-    )
+    budget_tokens: BudgetTokens = 8192
+    policy: MemoryPolicyName = Field("sink_window", description="What to do when the budget is reached.")
     archive: Literal["none", "memory", "disk", "redis"] = Field("memory", description="Where evicted entries go.")
     archive_dir: str | None = Field(None, description="Directory of the disk archive.")
     redis_url: str | None = Field(None, description="Redis URL of the redis archive.")
@@ -142,7 +154,7 @@ class EngineConfig(_Config):
     """The reaction engine that answers."""
 
     kind: Literal["hf", "vllm", "remote"] = Field("hf", description="transformers, in-process vLLM, or remote.")
-    max_new_tokens: int = Field(128, ge=1, le=8192, description="Longest answer in tokens.")
+    max_new_tokens: MaxNewTokens = 128
     temperature: float = Field(0.0, ge=0.0, le=2.0, description="0 = greedy.")
     kv_cap_tokens: int = Field(16384, ge=256, le=4_000_000, description="Hard cap of a session's KV cache.")
     text_window_tokens: int = Field(512, ge=0, le=65536, description="Past questions and answers kept in context.")
@@ -161,6 +173,15 @@ class EngineConfig(_Config):
         if self.kind == "remote" and not self.remote.urls:
             raise ValueError("the remote engine needs at least one URL (engine.remote.urls / --remote-url)")
         return self
+
+
+class SessionConfig(_Config):
+    """How every live session runs: its frame queue and event history."""
+
+    frame_queue: int = Field(
+        32, ge=1, le=100_000, description="Frames waiting for perception; the oldest is dropped beyond this."
+    )
+    event_history: int = Field(10_000, ge=100, le=10_000_000, description="Events kept for clients that resume.")
 
 
 class LimitsConfig(_Config):
@@ -189,7 +210,10 @@ class ServerConfig(_Config):
     video_allow: tuple[str, ...] = Field(
         (), description="Path or URL prefixes a client may ask the server to play (empty: none)."
     )
-    idle_timeout_s: float = Field(900.0, gt=0, le=7 * 86400, description="Close sessions idle for this long.")
+    idle_timeout_s: float = Field(900.0, gt=0, le=7 * 86400, description="Close API sessions idle for this long.")
+    ui_idle_timeout_s: float = Field(
+        120.0, gt=0, le=86400, description="Close a browser tab's session when the tab is not seen for this long."
+    )
     ui: bool = Field(False, description="Mount the Gradio app at /ui.")
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
 
@@ -209,6 +233,7 @@ class VigilConfig(_Config):
     perception: PerceptionConfig = Field(default_factory=PerceptionConfig)
     memory: MemoryConfig = Field(default_factory=MemoryConfig)
     engine: EngineConfig = Field(default_factory=EngineConfig)
+    session: SessionConfig = Field(default_factory=SessionConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
 
     @model_validator(mode="after")
@@ -222,45 +247,66 @@ class VigilConfig(_Config):
         return self
 
 
-def with_session_options(
-    config: VigilConfig,
-    *,
-    fps: float | None = None,
-    frames_per_step: int | None = None,
-    budget_tokens: int | None = None,
-    memory_policy: str | None = None,
-    drop_mode: str | None = None,
-    drop_threshold: float | None = None,
-    drop_ratio: float | None = None,
-    max_new_tokens: int | None = None,
-) -> VigilConfig:
-    """``config`` with one session's choices applied (None keeps a value), validated as a whole.
+class SessionOptions(_Config):
+    """What one client chooses for its session on top of the config tree (None keeps the configured value).
 
-    A new drop mode starts from that mode's defaults; a threshold replaces a configured drop ratio and vice versa.
-    Raises pydantic's ValidationError naming every problem.
+    The one declaration of per-session choices and their bounds: the HTTP API's session body, the browser app's
+    controls, the CLI and the evaluation runner all build this.
     """
-    data = config.model_dump()
-    perception, memory, engine = data["perception"], data["memory"], data["engine"]
-    drop = dict(perception["drop"])
-    if drop_mode is not None and drop_mode != drop.get("mode"):
-        drop = {"mode": drop_mode, "reference": drop.get("reference", "last_kept")}
-    if drop_threshold is not None:
-        drop["threshold"] = drop_threshold
-        drop["drop_ratio"] = drop_ratio
-    elif drop_ratio is not None:
-        drop["drop_ratio"] = drop_ratio
-        drop["threshold"] = None
-    perception["drop"] = drop
-    for section, key, value in (
-        (perception, "fps", fps),
-        (perception, "frames_per_step", frames_per_step),
-        (memory, "budget_tokens", budget_tokens),
-        (memory, "policy", memory_policy),
-        (engine, "max_new_tokens", max_new_tokens),
-    ):
-        if value is not None:
-            section[key] = value
-    return VigilConfig.model_validate(data)
+
+    fps: Fps | None = None
+    frames_per_step: FramesPerStep | None = None
+    budget_tokens: BudgetTokens | None = None
+    memory_policy: MemoryPolicyName | None = Field(None, description="What to do when the budget is reached.")
+    drop_mode: Literal["pixel", "feature"] | None = Field(None, description="Differential token drop mode.")
+    drop_threshold: float | None = Field(
+        None,
+        description="feature: drop when cosine similarity > T; pixel: drop when mean |diff| < T (range checked by the "
+        "drop policy of the mode).",
+    )
+    drop_ratio: float | None = Field(None, description="Budget mode: drop this share of each step, in [0, 1).")
+    max_new_tokens: MaxNewTokens | None = None
+    proactive: Proactive = Field("off", description="Report scene changes (scene) or describe them (narrate).")
+    instructions: tuple[Instruction, ...] = Field(
+        (),
+        max_length=MAX_INSTRUCTIONS,
+        description='Standing instructions, e.g. "tell me when a dog appears".',
+    )
+
+    @field_validator("instructions", mode="before")
+    @classmethod
+    def _strip_instructions(cls, value: Any) -> Any:
+        if isinstance(value, list | tuple):
+            return tuple(v.strip() if isinstance(v, str) else v for v in value if not isinstance(v, str) or v.strip())
+        return value
+
+    def apply(self, config: VigilConfig) -> VigilConfig:
+        """``config`` with these choices applied, validated as a whole (pydantic's ValidationError otherwise).
+
+        A new drop mode starts from that mode's defaults; a threshold replaces a configured drop ratio and vice versa.
+        """
+        data = config.model_dump()
+        perception, memory, engine = data["perception"], data["memory"], data["engine"]
+        drop = dict(perception["drop"])
+        if self.drop_mode is not None and self.drop_mode != drop.get("mode"):
+            drop = {"mode": self.drop_mode, "reference": drop.get("reference", "last_kept")}
+        if self.drop_threshold is not None:
+            drop["threshold"] = self.drop_threshold
+            drop["drop_ratio"] = self.drop_ratio
+        elif self.drop_ratio is not None:
+            drop["drop_ratio"] = self.drop_ratio
+            drop["threshold"] = None
+        perception["drop"] = drop
+        for section, key, value in (
+            (perception, "fps", self.fps),
+            (perception, "frames_per_step", self.frames_per_step),
+            (memory, "budget_tokens", self.budget_tokens),
+            (memory, "policy", self.memory_policy),
+            (engine, "max_new_tokens", self.max_new_tokens),
+        ):
+            if value is not None:
+                section[key] = value
+        return VigilConfig.model_validate(data)
 
 
 def format_validation_error(exc: ValidationError) -> str:

@@ -12,16 +12,17 @@ import contextlib
 import heapq
 import itertools
 import logging
+import math
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from assistant.config import VigilConfig
+from assistant.config import SessionOptions, VigilConfig
 from assistant.decision import (
     NARRATION_PROMPT,
     InstructionMonitor,
@@ -54,21 +55,17 @@ class SessionClosedError(RuntimeError):
     """The session no longer accepts frames or questions."""
 
 
-@dataclass(slots=True)
-class SessionOptions:
-    """What a client chooses per session on top of the config tree."""
+@dataclass(frozen=True, slots=True)
+class FramesPushed:
+    """What became of the frames of one ``push_frames`` call."""
 
-    proactive: str = "off"
-    """``off``, ``scene`` (report scene changes as triggers) or ``narrate`` (describe each scene change)."""
-    instructions: tuple[str, ...] = ()
-    frame_queue: int = 32
-    event_history: int = 10_000
-
-    def __post_init__(self) -> None:
-        if self.proactive not in ("off", "scene", "narrate"):
-            raise ValueError(f"proactive must be off, scene or narrate, got {self.proactive!r}")
-        if self.frame_queue < 1 or self.event_history < 100:
-            raise ValueError("frame_queue must be >= 1 and event_history >= 100")
+    accepted: int
+    dropped: int
+    """Older queued frames dropped to make room (backpressure)."""
+    t: tuple[float, ...]
+    """Stream time given to each accepted frame."""
+    queued: int
+    """Frames waiting for perception afterwards."""
 
 
 class EventLog:
@@ -153,7 +150,7 @@ class LiveSession:
         self.session = session
         self.session_id = session.session_id
         self.options = options
-        self.events = EventLog(self.session_id, options.event_history)
+        self.events = EventLog(self.session_id, session.config.session.event_history)
         self.scene = SceneChangeDetector()
         self.monitors = [InstructionMonitor(text) for text in options.instructions]
         self._frames: deque[tuple[Frame, float]] = deque()
@@ -170,6 +167,7 @@ class LiveSession:
         self.stream_t = 0.0
         self.processed_frames = 0
         self._tasks: list[asyncio.Task] = []
+        self._started = time.monotonic()
 
     # -- lifecycle -----------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -249,7 +247,7 @@ class LiveSession:
             self.events.emit(FrameDropped, stamp, reason="invalid", detail=str(exc))
             return False
         self._last_t = stamp
-        if len(self._frames) >= self.options.frame_queue:
+        if len(self._frames) >= self.session.config.session.frame_queue:
             old, _ = self._frames.popleft()
             self.frames_dropped["backpressure"] += 1
             self.events.emit(FrameDropped, old.t, reason="backpressure", detail=f"frame {old.index}")
@@ -257,6 +255,37 @@ class LiveSession:
         self._frame_index += 1
         self._frame_ready.set()
         return True
+
+    def clock(self) -> float:
+        """Seconds since the session started: the stream time of a frame sent without one."""
+        return time.monotonic() - self._started
+
+    def push_frames(self, frames: Sequence[tuple[np.ndarray, float | None]]) -> FramesPushed:
+        """Queue decoded frames [H, W, 3] uint8 with their stream times, all or none.
+
+        A frame without a time gets the session clock (never before the previous frame + 1/fps). Raises
+        InvalidFrameError when a time is not finite, negative or before the previous frame, SessionClosedError when
+        the session is closed.
+        """
+        if self._closed:
+            raise SessionClosedError(f"session {self.session_id} is closed")
+        fps = self.session.config.perception.fps
+        last = self._last_t
+        stamps = []
+        for _, t in frames:
+            if t is None:
+                t = self.clock() if last is None else max(self.clock(), last + 1.0 / fps)
+            elif not math.isfinite(t) or t < 0:
+                raise InvalidFrameError(f"frame time must be a finite number >= 0, got {t}")
+            elif last is not None and t < last:
+                raise InvalidFrameError(f"frame time {t:.3f} s is before the previous frame ({last:.3f} s)")
+            stamps.append(float(t))
+            last = t
+        before = self.frames_dropped["backpressure"]
+        for (image, _), t in zip(frames, stamps, strict=True):
+            self.push_frame(image, t)
+        dropped = self.frames_dropped["backpressure"] - before
+        return FramesPushed(len(frames), dropped, tuple(stamps), self.queued_frames)
 
     async def play(self, source: FrameSource, offset: float = 0.0, *, lossless: bool = False) -> AsyncIterator[float]:
         """Push a source's frames at ``offset`` + their time as they arrive; yields each queued frame's stream time.
@@ -277,7 +306,7 @@ class LiveSession:
 
     async def wait_for_room(self) -> None:
         """Wait until the frame queue has room (lossless playback of a file, instead of dropping)."""
-        while len(self._frames) >= self.options.frame_queue and not self._closed:
+        while len(self._frames) >= self.session.config.session.frame_queue and not self._closed:
             await asyncio.sleep(0.005)
 
     async def _perceive(self) -> None:
@@ -502,10 +531,13 @@ class Orchestrator:
     async def create_session(
         self, options: SessionOptions | None = None, config: VigilConfig | None = None, session_id: str | None = None
     ) -> LiveSession:
+        """Start a session: ``options`` applied to ``config`` (default the orchestrator's); ValueError when invalid."""
+        options = options or SessionOptions()
+        session_config = options.apply(config or self.config)
         sid = session_id or f"s{uuid.uuid4().hex[:16]}"
         if sid in self.sessions:
             raise ValueError(f"session {sid!r} already exists")
-        live = LiveSession(Session(sid, config or self.config, self.adapter, self.engine), options or SessionOptions())
+        live = LiveSession(Session(sid, session_config, self.adapter, self.engine), options)
         await live.start()
         self.sessions[sid] = live
         return live

@@ -658,16 +658,22 @@ def sessions_of(demo: gr.Blocks) -> SessionRegistry:
     return demo.vigil_sessions
 
 
+def mount(app: Any, service: Any, config: VigilConfig, keys: Any) -> None:
+    """Mount the app at ``/ui`` of the API server (the ``vigil.ui`` entry point); API keys are its passwords."""
+    auth = keys.check_password if keys.enabled else None
+    demo = build_app(service.orchestrator, config, model_name=config.model.name)
+    gr.mount_gradio_app(app, demo, path="/ui", auth=auth)
+
+
 def run_demo(config: VigilConfig, host: str, port: int) -> int:
     """Load the model, start the engine and serve the app until interrupted (the ``vigil demo`` command)."""
     import uvicorn
     from fastapi import FastAPI
 
-    from serving.cli import load_model, make_engine
+    from serving.runtime import Runtime
 
-    adapter = load_model(config)
-    engine = make_engine(config.engine, adapter)
-    orchestrator = Orchestrator(engine, adapter, config)
+    runtime = Runtime.load(config)
+    adapter, orchestrator = runtime.adapter, runtime.orchestrator
     # playing stream URLs makes the server fetch them: only for a local app, unless the config allows some
     allow = None if config.server.video_allow or not _is_loopback(host) else STREAM_URL_SCHEMES
     demo = build_app(orchestrator, config, model_name=adapter.name, allow_urls=allow)

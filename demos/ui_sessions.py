@@ -20,17 +20,21 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import ValidationError
 
-from assistant.config import VigilConfig, format_validation_error, with_session_options
+from assistant.config import (
+    MAX_INSTRUCTION_CHARS,
+    MAX_INSTRUCTIONS,
+    SessionOptions,
+    VigilConfig,
+    format_validation_error,
+)
 from assistant.decision import InstructionMonitor
 from assistant.events import SessionEvent
-from assistant.orchestrator import LiveSession, Orchestrator, SessionClosedError, SessionOptions
+from assistant.orchestrator import LiveSession, Orchestrator, SessionClosedError
 from assistant.sources import SourceError, open_source
 
 log = logging.getLogger(__name__)
 
 PROACTIVE_MODES = ("off", "scene", "narrate")
-MAX_INSTRUCTIONS = 8
-MAX_INSTRUCTION_CHARS = 500
 HISTORY_POINTS = 600
 """Points kept per live figure (older ones scroll out)."""
 STREAM_URL_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "rtmps://", "http://", "https://", "srt://", "udp://")
@@ -127,7 +131,7 @@ def make_settings(
     if fps > max_fps:
         raise UiError(f"fps must be at most {max_fps:g} (server limit), got {fps:g}")
     try:
-        session_config = with_session_options(config, fps=fps, drop_threshold=threshold, budget_tokens=budget)
+        session_config = SessionOptions(fps=fps, drop_threshold=threshold, budget_tokens=budget).apply(config)
     except ValidationError as exc:
         raise UiError(f"invalid settings: {format_validation_error(exc)}") from None
     settings = SessionSettings(fps, threshold, budget, proactive, instructions)

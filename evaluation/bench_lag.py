@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from assistant.config import VigilConfig
-from assistant.orchestrator import LiveSession, Orchestrator, SessionOptions
+from assistant.orchestrator import LiveSession, Orchestrator
 from assistant.reaction import EngineFactory
 from evaluation.report import percentile
 
@@ -66,9 +66,10 @@ async def run_lag(adapter: Any, make_engine: EngineFactory, sessions: int, cfg: 
         perception={"fps": cfg.fps, "drop": {"mode": "pixel"}},
         memory={"budget_tokens": 2048, "archive": "none"},
         engine={"max_new_tokens": cfg.answer_tokens},
+        session={"frame_queue": 64},
     )
     orch = Orchestrator(make_engine(config.engine), adapter, config)
-    lives = [await orch.create_session(SessionOptions(frame_queue=64)) for _ in range(sessions)]
+    lives = [await orch.create_session() for _ in range(sessions)]
     busy = {live.session_id: False for live in lives}
     start = time.monotonic()
     feeders = [asyncio.create_task(_feed(live, i, cfg, start)) for i, live in enumerate(lives)]

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from assistant.config import VigilConfig
-from assistant.orchestrator import LiveSession, Orchestrator, SessionOptions
+from assistant.orchestrator import LiveSession, Orchestrator
 from assistant.reaction import EngineFactory
 from assistant.sources import SourceError, VideoFileSource, aiter_frames
 
@@ -90,6 +90,11 @@ class AnswerLog:
             fh.write(json.dumps({"key": key, "response": response}, ensure_ascii=False) + "\n")
 
 
+def _with_frame_queue(config: VigilConfig, frames: int = 64) -> VigilConfig:
+    """``config`` with a deeper frame queue: benchmark videos are played losslessly, faster than real time."""
+    return config.model_copy(update={"session": config.session.model_copy(update={"frame_queue": frames})})
+
+
 async def _ask(live: LiveSession, query: RunQuery, max_new_tokens: int) -> str:
     await live.wait_idle()
     _, done = live.ask(query.prompt, query.ask_time, max_new_tokens=max_new_tokens, remember=False)
@@ -148,6 +153,7 @@ async def run_queries(
     if missing and not skip_missing:
         raise FileNotFoundError(f"{len(missing)} video(s) missing, e.g. {missing[0]} (use --skip-missing to go on)")
     report.missing_videos = missing
+    config = _with_frame_queue(config)
     orchestrator = Orchestrator(make_engine(config.engine), adapter, config)
     started = time.perf_counter()
 
@@ -170,7 +176,7 @@ async def run_queries(
             try:
                 for group in groups:
                     until = max(q.ask_time for q in group)
-                    live = await orchestrator.create_session(SessionOptions(frame_queue=64))
+                    live = await orchestrator.create_session()
                     try:
                         report.stream_seconds += await _play(
                             live, video, config.perception.fps, until, group, record, max_new_tokens
@@ -211,7 +217,7 @@ async def _proactive_one(
     """Play ``q.video`` to ``q.until``; the first instruction trigger after ``ask_time`` and its answer."""
     from assistant.decision import InstructionMonitor
 
-    live = await orchestrator.create_session(SessionOptions(frame_queue=64))
+    live = await orchestrator.create_session()
     try:
         added = False
         source = VideoFileSource(q.video, fps=fps, end=q.until + 0.5 / fps)
@@ -256,6 +262,7 @@ async def run_proactive(
     if missing and not skip_missing:
         raise FileNotFoundError(f"{len(missing)} video(s) missing, e.g. {missing[0]} (use --skip-missing to go on)")
     report.missing_videos = missing
+    config = _with_frame_queue(config)
     orchestrator = Orchestrator(make_engine(config.engine), adapter, config)
     results: dict[str, tuple[str | None, float | None]] = {}
     started = time.perf_counter()
@@ -291,7 +298,7 @@ async def _forward_item(
 ) -> tuple[dict[str, str], int]:
     from assistant.decision import InstructionMonitor
 
-    live = await orchestrator.create_session(SessionOptions(frame_queue=64))
+    live = await orchestrator.create_session()
     try:
         monitors = {p.probe: InstructionMonitor(p.probe, interval_s=1.0, probe=p.probe, respond=False) for p in polls}
         for monitor in monitors.values():
@@ -328,6 +335,7 @@ async def run_forward_native(
     if missing and not skip_missing:
         raise FileNotFoundError(f"{len(missing)} video(s) missing, e.g. {missing[0]} (use --skip-missing to go on)")
     report.missing_videos = missing
+    config = _with_frame_queue(config)
     orchestrator = Orchestrator(make_engine(config.engine), adapter, config)
     started = time.perf_counter()
     try:

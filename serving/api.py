@@ -10,7 +10,7 @@ import os
 import socket
 import sys
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Query, Request, Response, WebSocket, WebSocketDisconnect
@@ -76,8 +76,12 @@ def create_app(
     *,
     directory: SessionDirectory | None = None,
     model_name: str | None = None,
+    mount: Callable[[FastAPI, VigilService, VigilConfig, KeyRing], None] | None = None,
 ) -> FastAPI:
-    """The API app for ``orchestrator`` (its engine and model are shared by every session)."""
+    """The API app for ``orchestrator`` (its engine and model are shared by every session).
+
+    ``mount`` adds a front end (the browser app, wired by ``serving.runtime``) to the app.
+    """
     service = VigilService(
         config, orchestrator, directory or make_directory(config.server.redis_url), worker_id=config.server.worker_id
     )
@@ -528,8 +532,8 @@ def create_app(
 
     add_routes(app, service)
 
-    if config.server.ui:
-        _mount_ui(app, orchestrator, config, keys, model_name)
+    if mount is not None:
+        mount(app, service, config, keys)
     return app
 
 
@@ -574,20 +578,11 @@ def _parse_time(value: Any) -> float:
     return t
 
 
-def _mount_ui(app: FastAPI, orchestrator: Orchestrator, config: VigilConfig, keys: KeyRing, model_name: str) -> None:
-    import gradio as gr
-
-    from demos.gradio_app import build_app
-
-    auth = keys.check_password if keys.enabled else None
-    gr.mount_gradio_app(app, build_app(orchestrator, config, model_name=model_name), path="/ui", auth=auth)
-
-
 def run_server(config: VigilConfig) -> int:
     """Load the model and engine, then serve until interrupted (``vigil serve``)."""
     import uvicorn
 
-    from serving.cli import load_model, make_engine
+    from serving.runtime import Runtime
 
     server_config = config.server
     sock = socket.socket(socket.AF_INET6 if ":" in server_config.host else socket.AF_INET)
@@ -597,9 +592,7 @@ def run_server(config: VigilConfig) -> int:
     url = f"http://{server_config.host}:{port}"
     if server_config.public_url is None:
         config = config.model_copy(update={"server": server_config.model_copy(update={"public_url": url})})
-    adapter = load_model(config)
-    orchestrator = Orchestrator(make_engine(config.engine, adapter), adapter, config)
-    app = create_app(config, orchestrator, model_name=config.model.name)
+    app = Runtime.load(config).api_app()
     print(f"vigil: serving {config.model.name} on {url}" + (f" (app at {url}/ui)" if config.server.ui else ""))
     print(f"vigil: API docs at {url}/docs", flush=True)
     sys.stdout.flush()

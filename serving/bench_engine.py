@@ -242,7 +242,7 @@ def _parse(args: argparse.Namespace) -> EngineBenchConfig:
 def cmd_bench_engine(args: argparse.Namespace) -> int:
     """Run the benchmark and write ``engine-<kind>.json`` / ``.md`` to ``--out``."""
     from evaluation.report import write_report
-    from serving.cli import CliError, _bench_model, make_engine
+    from serving.runtime import SetupError, bench_model, make_engine
 
     try:
         cfg = _parse(args)
@@ -256,8 +256,8 @@ def cmd_bench_engine(args: argparse.Namespace) -> int:
             remote={"urls": tuple(args.remote_url or ()), "served_model": args.remote_model},
         )
     except ValueError as exc:
-        raise CliError(str(exc)) from None
-    adapter = _bench_model(args)
+        raise SetupError(str(exc)) from None
+    adapter = bench_model(args.model, arch=args.arch, device=args.device, dtype=args.dtype)
     if args.engine == "vllm":
         adapter = _vllm_loadable(adapter)
     config = _config(cfg, engine_config)

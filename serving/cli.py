@@ -12,11 +12,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from serving.runtime import SetupError, bench_model, engine_factory, load_model, make_engine, validated_config
+
 log = logging.getLogger("vigil")
 
 
-class CliError(Exception):
-    """A user-facing error: printed as one line, exit code 2."""
+class CliError(SetupError):
+    """A user-facing error in the command line: printed as one line, exit code 2."""
 
 
 def _add_model_args(p: argparse.ArgumentParser, default: str | None = "tiny") -> None:
@@ -80,32 +82,6 @@ def build_config(args: argparse.Namespace) -> Any:
         }
         sections["engine"] = engine_section(args)
     return validated_config(**sections)
-
-
-def validated_config(**sections: Any) -> Any:
-    """A VigilConfig from config sections, with every problem in one CliError."""
-    from pydantic import ValidationError
-
-    from assistant.config import VigilConfig, format_validation_error
-
-    try:
-        return VigilConfig(**sections)
-    except ValidationError as exc:
-        raise CliError(f"invalid options: {format_validation_error(exc)}") from None
-
-
-def load_model(config: Any) -> Any:
-    """Load the configured adapter, turning load failures into CliError."""
-    from assistant.models import ModelLoadError, load_adapter
-    from assistant.models.tiny import is_tiny_model
-
-    try:
-        adapter = load_adapter(config.model.name, device=config.model.device, dtype=config.model.dtype)
-    except (ModelLoadError, ValueError) as exc:
-        raise CliError(str(exc)) from None
-    if is_tiny_model(adapter.name):
-        print("vigil: note: the tiny test model has random weights; its answers are noise", file=sys.stderr)
-    return adapter
 
 
 def _add_memory_args(p: argparse.ArgumentParser) -> None:
@@ -176,21 +152,6 @@ def engine_section(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def make_engine(engine_config: Any, adapter: Any) -> Any:
-    """The reaction engine an engine config names (CliError when it cannot be built here)."""
-    from serving.engines import EngineUnavailableError, build_engine
-
-    try:
-        return build_engine(engine_config, adapter)
-    except EngineUnavailableError as exc:
-        raise CliError(str(exc)) from None
-
-
-def engine_factory(adapter: Any) -> Any:
-    """``make_engine`` bound to a loaded model (what sessions and benchmarks are given)."""
-    return lambda engine_config: make_engine(engine_config, adapter)
-
-
 def watch_event(event: Any) -> dict[str, Any] | None:
     """The JSON line ``vigil watch --jsonl`` prints for a session event (None: not printed)."""
     if event.type == "answer_done":
@@ -227,7 +188,8 @@ def parse_ask(spec: str) -> tuple[float, str]:
 def cmd_watch(args: argparse.Namespace) -> int:
     import asyncio
 
-    from assistant.orchestrator import Orchestrator, SessionOptions
+    from assistant.config import SessionOptions
+    from assistant.orchestrator import Orchestrator
     from assistant.sources import SourceError, VideoFileSource, aiter_frames
 
     try:
@@ -322,19 +284,6 @@ async def _print_events(live: Any, show: Callable[[Any], None]) -> None:
         show(event)
 
 
-def _bench_model(args: argparse.Namespace) -> Any:
-    """The model a benchmark runs: a checkpoint (--model) or a real-size random-weight architecture (--arch)."""
-    from assistant.models import ModelLoadError, load_adapter
-    from assistant.models.presets import build_random_adapter
-
-    try:
-        if getattr(args, "arch", None):
-            return build_random_adapter(args.arch, device=args.device, dtype=args.dtype)
-        return load_adapter(args.model, device=args.device, dtype=args.dtype)
-    except (ModelLoadError, ValueError) as exc:
-        raise CliError(str(exc)) from None
-
-
 def cmd_bench_latency(args: argparse.Namespace) -> int:
     from evaluation.bench_latency import LatencyBenchConfig, format_table, run_latency_bench, write_outputs
 
@@ -354,7 +303,7 @@ def cmd_bench_latency(args: argparse.Namespace) -> int:
         raise CliError(f"invalid benchmark options: {exc}") from None
     if len(cfg.grid) != 2 or min(cfg.minutes) <= 0 or not 0 < cfg.keep_ratio <= 1:
         raise CliError("--grid is ROWSxCOLS, --minutes positive, --keep-ratio in (0, 1]")
-    adapter = _bench_model(args)
+    adapter = bench_model(args.model, arch=getattr(args, "arch", None), device=args.device, dtype=args.dtype)
     result = run_latency_bench(adapter, engine_factory(adapter), cfg)
     print(format_table(result))
     for path in write_outputs(result, args.out):
@@ -377,7 +326,7 @@ def cmd_bench_lag(args: argparse.Namespace) -> int:
         raise CliError(f"invalid benchmark options: {exc}") from None
     if min(cfg.sessions) < 1 or cfg.seconds <= 2 or cfg.fps <= 0 or cfg.answer_tokens < 1:
         raise CliError("--sessions are positive counts, --seconds > 2, --fps > 0, --answer-tokens >= 1")
-    adapter = _bench_model(args)
+    adapter = bench_model(args.model, arch=getattr(args, "arch", None), device=args.device, dtype=args.dtype)
     result = run_lag_bench(adapter, engine_factory(adapter), cfg)
     print(format_lag_table(result))
     for path in write_report(args.out, "lag", result, format_lag_table(result)):
@@ -470,7 +419,7 @@ def cmd_bench_api(args: argparse.Namespace) -> int:
 def cmd_bench_all(args: argparse.Namespace) -> int:
     from evaluation.bench_all import run_all
 
-    adapter = _bench_model(args)
+    adapter = bench_model(args.model, arch=getattr(args, "arch", None), device=args.device, dtype=args.dtype)
     run_all(adapter, engine_factory(adapter), args.out, quick=args.quick)
     print((Path(args.out) / "summary.md").read_text())
     return 0
@@ -801,7 +750,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if hasattr(args, "speed"):
             args.speed = _parse_speed(args.speed)
         return int(args.func(args) or 0)
-    except CliError as exc:
+    except SetupError as exc:
         print(f"vigil: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

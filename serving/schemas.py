@@ -6,28 +6,16 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from assistant.config import SessionOptions
+
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class SessionCreate(_Body):
-    """Per-session choices on top of the server's configuration (all optional)."""
+class SessionCreate(SessionOptions):
+    """Per-session choices on top of the server's configuration (all optional), and client labels."""
 
-    fps: float | None = Field(None, gt=0, le=60, description="Frames sampled per second of stream.")
-    frames_per_step: int | None = Field(None, ge=1, le=2, description="Sampled frames per temporal step.")
-    budget_tokens: int | None = Field(None, ge=16, le=1_000_000, description="Visual tokens the memory may hold.")
-    drop_mode: Literal["pixel", "feature"] | None = Field(None, description="Differential token drop mode.")
-    drop_threshold: float | None = Field(
-        None, ge=0, description="feature: drop when cosine similarity > T; pixel: drop when mean |diff| < T."
-    )
-    drop_ratio: float | None = Field(None, ge=0, lt=1, description="Budget mode: drop this share of each step.")
-    memory_policy: Literal["sink_window", "redundancy", "round_pool"] | None = None
-    proactive: Literal["off", "scene", "narrate"] = Field("off", description="Speak up on scene changes.")
-    instructions: list[str] = Field(
-        default_factory=list, max_length=16, description='Standing instructions, e.g. "tell me when a dog appears".'
-    )
-    max_new_tokens: int | None = Field(None, ge=1, le=8192, description="Default longest answer.")
     metadata: dict[str, str] = Field(default_factory=dict, max_length=32, description="Client labels, echoed back.")
 
 

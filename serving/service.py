@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
-from assistant.config import VigilConfig, format_validation_error, with_session_options
+from assistant.config import SessionOptions, VigilConfig, format_validation_error
 from assistant.decision import InstructionMonitor
 from assistant.events import AnswerFinished, ErrorEvent, SessionEvent
-from assistant.orchestrator import LiveSession, Orchestrator, SessionClosedError, SessionOptions
+from assistant.orchestrator import LiveSession, Orchestrator, SessionClosedError
 from assistant.sources import InvalidFrameError, SourceError, decode_image, open_source
 from serving.directory import DirectoryError, LocalDirectory, SessionDirectory, SessionRecord
 from serving.limits import TokenBucket
@@ -188,23 +188,14 @@ class VigilService:
                     await self._close(sid, "idle_timeout", keep=True)
 
     # -- sessions ------------------------------------------------------------------------------------------
-    def session_config(self, spec: SessionCreate) -> VigilConfig:
+    def session_config(self, options: SessionOptions) -> VigilConfig:
         """The server's config with a session's choices applied (ServiceError 422 when invalid)."""
         try:
-            return with_session_options(
-                self.config,
-                fps=spec.fps,
-                frames_per_step=spec.frames_per_step,
-                budget_tokens=spec.budget_tokens,
-                memory_policy=spec.memory_policy,
-                drop_mode=spec.drop_mode,
-                drop_threshold=spec.drop_threshold,
-                drop_ratio=spec.drop_ratio,
-                max_new_tokens=spec.max_new_tokens,
-            )
-        except (ValidationError, ValueError) as exc:
-            detail = format_validation_error(exc) if isinstance(exc, ValidationError) else str(exc)
-            raise ServiceError(422, "invalid_config", f"invalid session options: {detail}") from None
+            return options.apply(self.config)
+        except ValidationError as exc:
+            raise ServiceError(
+                422, "invalid_config", f"invalid session options: {format_validation_error(exc)}"
+            ) from None
 
     async def create(self, owner: str, spec: SessionCreate) -> dict[str, Any]:
         config = self.session_config(spec)
@@ -219,10 +210,12 @@ class VigilService:
                 f"this API key has {self.limits.max_sessions_per_key} open sessions; close one first",
                 headers={"Retry-After": "60"},
             )
-        instructions = tuple(text.strip() for text in spec.instructions if text.strip())
-        options = SessionOptions(proactive=spec.proactive, instructions=instructions)
-        live = await self.orchestrator.create_session(options, config=config)
-        public = spec.model_dump(exclude_none=True)
+        options = SessionOptions.model_validate(spec.model_dump(exclude={"metadata"}))
+        try:
+            live = await self.orchestrator.create_session(options)
+        except ValueError as exc:  # the model cannot take these options (e.g. frames per step over its patch)
+            raise ServiceError(422, "invalid_config", f"invalid session options: {exc}") from None
+        public = spec.model_dump(exclude_none=True, mode="json")
         record = SessionRecord(live.session_id, owner, self.worker_id, options=public)
         rate = self.limits.max_fps
         hosted = Hosted(live, record, config, TokenBucket(rate, burst=max(4.0, 2 * rate)))

@@ -59,7 +59,10 @@ def test_frozen() -> None:
 def test_session_options_apply_on_top_of_a_config() -> None:
     from pydantic import ValidationError
 
-    from assistant.config import VigilConfig, with_session_options
+    from assistant.config import SessionOptions, VigilConfig
+
+    def with_session_options(config: VigilConfig, **choices: object) -> VigilConfig:
+        return SessionOptions(**choices).apply(config)
 
     base = VigilConfig(perception={"drop": {"mode": "pixel", "drop_ratio": 0.5}})
     c = with_session_options(base, fps=3, budget_tokens=256, drop_threshold=0.1, max_new_tokens=9)

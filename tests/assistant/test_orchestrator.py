@@ -8,8 +8,8 @@ import time
 import numpy as np
 import pytest
 
-from assistant.config import VigilConfig
-from assistant.orchestrator import Orchestrator, SessionClosedError, SessionOptions
+from assistant.config import SessionOptions, VigilConfig
+from assistant.orchestrator import Orchestrator, SessionClosedError
 from assistant.sources import VideoFileSource
 from evaluation.synthetic import write_clip
 from serving.engines.hf import HFEngine
@@ -27,11 +27,12 @@ class SlowEngine(HFEngine):
         return super()._decode(ctx, token)
 
 
-def _config(max_new_tokens: int = 8) -> VigilConfig:
+def _config(max_new_tokens: int = 8, **sections: object) -> VigilConfig:
     return VigilConfig(
         perception={"fps": 2.0, "drop": {"mode": "pixel"}},
         memory={"budget_tokens": 2048},
         engine={"max_new_tokens": max_new_tokens},
+        **sections,
     )
 
 
@@ -98,7 +99,7 @@ def test_long_generation_does_not_stall_perception(tiny_adapter) -> None:
 def test_backpressure_drops_oldest_and_counts(tiny_adapter) -> None:
     async def main() -> None:
         orch = Orchestrator(HFEngine(tiny_adapter, _config().engine), tiny_adapter, _config())
-        live = await orch.create_session(SessionOptions(frame_queue=3))
+        live = await orch.create_session(config=_config(session={"frame_queue": 3}))
         for i in range(10):  # pushed in one go: the perception task has not run yet
             live.push_frame(_frame(i), t=i * 0.5)
         assert live.push_frame(b"not an image", t=6.0) is False

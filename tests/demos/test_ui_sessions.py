@@ -45,13 +45,13 @@ def test_settings_give_a_validated_session_config() -> None:
     [
         ((float("nan"), None, 2048), "fps must be a finite number"),
         ((None, None, 2048), "fps must be a number"),
-        ((-1, None, 2048), "perception.fps: Input should be greater than 0"),
+        ((-1, None, 2048), "fps: Input should be greater than 0"),
         ((1, -2, 2048), "threshold must be in"),
         ((1, None, 100.5), "token budget must be a whole number"),
         ((1, None, 20000), "kv_cap_tokens .* must hold the memory budget"),
         ((1, None, 2048, "sometimes"), "proactive must be one of off, scene, narrate"),
-        ((1, None, 2048, "off", "\n".join(f"rule {i}" for i in range(9))), "at most 8 standing instructions"),
-        ((1, None, 2048, "off", "x" * 501), "at most 500 characters"),
+        ((1, None, 2048, "off", "\n".join(f"rule {i}" for i in range(17))), "at most 16 standing instructions"),
+        ((1, None, 2048, "off", "x" * 1001), "at most 1000 characters"),
     ],
 )
 def test_bad_settings_are_refused_with_the_reason(values: tuple, message: str) -> None:

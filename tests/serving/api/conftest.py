@@ -45,8 +45,9 @@ def start_server(tiny_model_dir: Path, tiny_adapter: Any) -> Iterator[Callable[.
     """Start API servers (stopped at the end): ``start_server(server={...}, memory={...}, ...)`` -> Server."""
     from assistant.config import VigilConfig
     from assistant.orchestrator import Orchestrator
-    from serving.api import BackgroundServer, create_app
+    from serving.api import BackgroundServer
     from serving.engines import build_engine
+    from serving.runtime import Runtime
 
     servers: list[Server] = []
 
@@ -56,7 +57,7 @@ def start_server(tiny_model_dir: Path, tiny_adapter: Any) -> Iterator[Callable[.
         sections.setdefault("engine", {"max_new_tokens": 8, "kv_cap_tokens": 4096})
         config = VigilConfig(**sections)
         orchestrator = Orchestrator(build_engine(config.engine, tiny_adapter), tiny_adapter, config)
-        app = create_app(config, orchestrator)
+        app = Runtime(config, tiny_adapter, orchestrator).api_app()
         background = BackgroundServer(app).start()
         server = Server(background.url, app, background)
         servers.append(server)
