@@ -44,7 +44,15 @@ from assistant.events import (
 from assistant.models.base import VisionLanguageAdapter
 from assistant.reaction import AnswerDelta, AnswerDone, ReactionEngine
 from assistant.session import Session
-from assistant.sources import Frame, FrameSource, InvalidFrameError, aiter_frames, as_rgb, decode_image
+from assistant.sources import (
+    Frame,
+    FrameSource,
+    FrameTimeError,
+    InvalidFrameError,
+    aiter_frames,
+    as_rgb,
+    decode_image,
+)
 
 log = logging.getLogger(__name__)
 
@@ -264,7 +272,7 @@ class LiveSession:
         """Queue decoded frames [H, W, 3] uint8 with their stream times, all or none.
 
         A frame without a time gets the session clock (never before the previous frame + 1/fps). Raises
-        InvalidFrameError when a time is not finite, negative or before the previous frame, SessionClosedError when
+        FrameTimeError when a time is not finite, negative or before the previous frame, SessionClosedError when
         the session is closed.
         """
         if self._closed:
@@ -276,9 +284,9 @@ class LiveSession:
             if t is None:
                 t = self.clock() if last is None else max(self.clock(), last + 1.0 / fps)
             elif not math.isfinite(t) or t < 0:
-                raise InvalidFrameError(f"frame time must be a finite number >= 0, got {t}")
+                raise FrameTimeError(f"frame time must be a finite number >= 0, got {t}")
             elif last is not None and t < last:
-                raise InvalidFrameError(f"frame time {t:.3f} s is before the previous frame ({last:.3f} s)")
+                raise FrameTimeError(f"frame time {t:.3f} s is before the previous frame ({last:.3f} s)")
             stamps.append(float(t))
             last = t
         before = self.frames_dropped["backpressure"]
@@ -286,6 +294,28 @@ class LiveSession:
             self.push_frame(image, t)
         dropped = self.frames_dropped["backpressure"] - before
         return FramesPushed(len(frames), dropped, tuple(stamps), self.queued_frames)
+
+    async def push_encoded(self, frames: Sequence[tuple[bytes, float | None]], max_pixels: int) -> FramesPushed:
+        """Decode encoded images off the event loop, then ``push_frames`` them, all or none.
+
+        Raises InvalidFrameError naming the first frame that cannot be decoded (``frame i: ...`` when several),
+        FrameTimeError for an unusable time, SessionClosedError when the session is closed.
+        """
+        if self._closed:
+            raise SessionClosedError(f"session {self.session_id} is closed")
+
+        def decode_all() -> list[np.ndarray]:
+            out = []
+            for i, (data, _) in enumerate(frames):
+                try:
+                    out.append(decode_image(data, max_pixels))  # [H, W, 3] uint8
+                except InvalidFrameError as exc:
+                    where = f"frame {i}: " if len(frames) > 1 else ""
+                    raise InvalidFrameError(f"{where}{exc}") from None
+            return out
+
+        images = await asyncio.to_thread(decode_all)
+        return self.push_frames([(image, t) for image, (_, t) in zip(images, frames, strict=True)])
 
     async def play(self, source: FrameSource, offset: float = 0.0, *, lossless: bool = False) -> AsyncIterator[float]:
         """Push a source's frames at ``offset`` + their time as they arrive; yields each queued frame's stream time.

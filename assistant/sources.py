@@ -74,6 +74,10 @@ class InvalidFrameError(SourceError, ValueError):
     """A pushed frame that cannot be used; the source stays usable."""
 
 
+class FrameTimeError(InvalidFrameError):
+    """A pushed frame's stream time is unusable (not finite, negative, or before the previous frame)."""
+
+
 @dataclass(frozen=True, slots=True)
 class SourceEnd:
     """Why and where a source stopped."""

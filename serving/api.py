@@ -164,7 +164,7 @@ def create_app(
 
     # -- sessions ------------------------------------------------------------------------------------------
     @app.post("/v1/sessions", status_code=201, response_model=SessionView, tags=["sessions"], responses=ERRORS)
-    async def create_session(who: Owner, spec: SessionCreate | None = None) -> dict[str, Any]:
+    async def create_session(who: Owner, spec: SessionCreate | None = None) -> SessionView:
         """Start a live session; per-session options override the server's defaults."""
         return await service.create(who, spec or SessionCreate())
 
@@ -174,7 +174,7 @@ def create_app(
         return {"data": await service.list(who)}
 
     @app.get("/v1/sessions/{session_id}", response_model=SessionView, tags=["sessions"], responses=ERRORS)
-    async def get_session(session_id: str, who: Owner) -> dict[str, Any]:
+    async def get_session(session_id: str, who: Owner) -> SessionView:
         return await service.describe(who, session_id)
 
     @app.delete("/v1/sessions/{session_id}", status_code=204, tags=["sessions"], responses=ERRORS)

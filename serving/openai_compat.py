@@ -89,9 +89,9 @@ def add_routes(app: FastAPI, service: VigilService) -> None:
         """The caller's live sessions, each as a model ``vigil:<id>``."""
         sessions = await service.list(who)
         data = [
-            {"id": PREFIX + s["id"], "object": "model", "created": int(s["created"]), "owned_by": "vigil"}
+            {"id": PREFIX + s.id, "object": "model", "created": int(s.created), "owned_by": "vigil"}
             for s in sessions
-            if s["status"] == "live"
+            if s.status == "live"
         ]
         return {"object": "list", "data": data}
 

@@ -18,18 +18,17 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 from pydantic import ValidationError
 
 from assistant.config import SessionOptions, VigilConfig, format_validation_error
 from assistant.decision import InstructionMonitor
 from assistant.events import AnswerFinished, ErrorEvent, SessionEvent
 from assistant.orchestrator import LiveSession, Orchestrator, SessionClosedError
-from assistant.sources import InvalidFrameError, SourceError, decode_image, open_source
+from assistant.sources import FrameTimeError, InvalidFrameError, SourceError, open_source
 from serving.directory import DirectoryError, LocalDirectory, SessionDirectory, SessionRecord
 from serving.limits import TokenBucket
 from serving.metrics import Metrics
-from serving.schemas import SessionCreate
+from serving.schemas import SessionCreate, SessionView
 
 log = logging.getLogger(__name__)
 
@@ -100,16 +99,11 @@ class Hosted:
     record: SessionRecord
     config: VigilConfig
     bucket: TokenBucket
-    started: float = field(default_factory=time.monotonic)
     last_active: float = field(default_factory=time.monotonic)
     frames_in: int = 0
     subscribers: int = 0
     playback: Playback | None = None
     watcher: asyncio.Task | None = None
-
-    def clock(self) -> float:
-        """Seconds since the session started (stream time of a frame sent without one)."""
-        return time.monotonic() - self.started
 
 
 class VigilService:
@@ -197,7 +191,7 @@ class VigilService:
                 422, "invalid_config", f"invalid session options: {format_validation_error(exc)}"
             ) from None
 
-    async def create(self, owner: str, spec: SessionCreate) -> dict[str, Any]:
+    async def create(self, owner: str, spec: SessionCreate) -> SessionView:
         config = self.session_config(spec)
         if len(self.hosted) >= self.limits.max_sessions:
             raise ServiceError(
@@ -228,34 +222,30 @@ class VigilService:
         hosted.watcher = asyncio.create_task(self._watch(hosted), name=f"watch-{live.session_id}")
         return self.view(hosted)
 
-    def view(self, h: Hosted) -> dict[str, Any]:
-        return {
-            "id": h.record.id,
-            "status": "live" if not h.live.closed else "closed",
-            "worker": self.worker_id,
-            "created": h.record.created,
-            "stream_t": h.live.last_frame_t,
-            "options": h.record.options,
-            "video": h.playback.view() if h.playback else None,
-        }
+    def view(self, h: Hosted) -> SessionView:
+        """A session of this worker as clients see it."""
+        return SessionView(
+            id=h.record.id,
+            status="live" if not h.live.closed else "closed",
+            worker=self.worker_id,
+            created=h.record.created,
+            stream_t=h.live.last_frame_t,
+            options=h.record.options,
+            video=h.playback.view() if h.playback else None,
+        )
 
     @staticmethod
-    def record_view(record: SessionRecord) -> dict[str, Any]:
-        return {
-            "id": record.id,
-            "status": record.status,
-            "worker": record.worker,
-            "created": record.created,
-            "stream_t": None,
-            "options": record.options,
-            "video": None,
-        }
+    def record_view(record: SessionRecord) -> SessionView:
+        """A session known from the directory only (ended, or on another worker)."""
+        return SessionView(
+            id=record.id, status=record.status, worker=record.worker, created=record.created, options=record.options
+        )
 
-    async def list(self, owner: str) -> list[dict[str, Any]]:
+    async def list(self, owner: str) -> list[SessionView]:
         records = await self._directory(self.directory.list(owner))
         return [self.view(self.hosted[r.id]) if r.id in self.hosted else self.record_view(r) for r in records]
 
-    async def describe(self, owner: str, session_id: str) -> dict[str, Any]:
+    async def describe(self, owner: str, session_id: str) -> SessionView:
         h = self.hosted.get(session_id)
         if h is not None and h.record.owner == owner:
             return self.view(h)
@@ -363,52 +353,22 @@ class VigilService:
             if len(data) > self.limits.max_frame_bytes:
                 raise ServiceError(413, "frame_too_large", f"a frame exceeds {self.limits.max_frame_bytes} bytes")
         self._rate(h, len(frames))
-        max_pixels = self.limits.max_frame_pixels
-
-        def decode_all() -> list[np.ndarray]:
-            out = []
-            for i, (data, _) in enumerate(frames):
-                try:
-                    out.append(decode_image(data, max_pixels))  # [H, W, 3] uint8
-                except InvalidFrameError as exc:
-                    where = f"frame {i}: " if len(frames) > 1 else ""
-                    raise ServiceError(422, "invalid_frame", f"{where}{exc}") from None
-            return out
-
-        images = await asyncio.to_thread(decode_all)
-        return self.push_decoded(h, [(img, t) for img, (_, t) in zip(images, frames, strict=True)])
-
-    def push_decoded(self, h: Hosted, frames: list[tuple[np.ndarray, float | None]]) -> dict[str, Any]:
-        """Queue decoded frames with their stream times (ServiceError 422 when times go backwards)."""
-        live = h.live
-        fps = h.config.perception.fps
-        last = live.last_frame_t
-        stamps = []
-        for _, t in frames:
-            if t is None:
-                t = h.clock() if last is None else max(h.clock(), last + 1.0 / fps)
-            elif not math.isfinite(t) or t < 0:
-                raise ServiceError(422, "invalid_time", f"frame time must be a finite number >= 0, got {t}")
-            elif last is not None and t < last:
-                raise ServiceError(
-                    422, "invalid_time", f"frame time {t:.3f} s is before the previous frame ({last:.3f} s)"
-                )
-            stamps.append(t)
-            last = t
-        before = live.frames_dropped["backpressure"]
         try:
-            for (image, _), t in zip(frames, stamps, strict=True):
-                live.push_frame(image, t)
+            pushed = await h.live.push_encoded(frames, self.limits.max_frame_pixels)
+        except FrameTimeError as exc:
+            raise ServiceError(422, "invalid_time", str(exc)) from None
+        except InvalidFrameError as exc:
+            raise ServiceError(422, "invalid_frame", str(exc)) from None
         except SessionClosedError as exc:
             raise ServiceError(410, "session_closed", str(exc)) from None
-        h.frames_in += len(frames)
-        self.metrics.frames_in.inc(len(frames))
+        h.frames_in += pushed.accepted
+        self.metrics.frames_in.inc(pushed.accepted)
         h.last_active = time.monotonic()
         return {
-            "accepted": len(frames),
-            "dropped": live.frames_dropped["backpressure"] - before,
-            "t": [round(t, 4) for t in stamps],
-            "queued": live.queued_frames,
+            "accepted": pushed.accepted,
+            "dropped": pushed.dropped,
+            "t": [round(t, 4) for t in pushed.t],
+            "queued": pushed.queued,
         }
 
     def _rate(self, h: Hosted, n: int) -> None:
