@@ -28,6 +28,8 @@ class LagBenchConfig:
     size: int = 224
     answer_tokens: int = 64
     sample_every_s: float = 0.1
+    drop_mode: str = "pixel"
+    """Differential token drop mode of the sessions (feature mode runs the vision encoder on every step)."""
 
 
 def _scene_frame(session: int, k: int, size: int, fps: float) -> np.ndarray:
@@ -63,7 +65,7 @@ async def _talk(live: LiveSession, cfg: LagBenchConfig, start: float, busy: dict
 async def run_lag(adapter: Any, make_engine: EngineFactory, sessions: int, cfg: LagBenchConfig) -> dict[str, Any]:
     """One run with ``sessions`` concurrent sessions."""
     config = VigilConfig(
-        perception={"fps": cfg.fps, "drop": {"mode": "pixel"}},
+        perception={"fps": cfg.fps, "drop": {"mode": cfg.drop_mode}},
         memory={"budget_tokens": 2048, "archive": "none"},
         engine={"max_new_tokens": cfg.answer_tokens},
         session={"frame_queue": 64},
