@@ -350,7 +350,7 @@ def test_probe_reads_label_logprobs(tiny_adapter, replicas) -> None:
         p = await engine.probe("s", "is there a car?", 3.0)
         body = replicas[0].requests[-1]
         labels = body["logprob_token_ids"]
-        yes = [t for t in labels if t in engine._yes]
+        yes = [t for t in labels if t in engine.layout.yes_ids]
         lp = {t: -1.0 - 0.5 * i for i, t in enumerate(labels)}
         expect = torch.softmax(
             torch.tensor(
