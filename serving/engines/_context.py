@@ -29,7 +29,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 
@@ -51,8 +51,6 @@ __all__ = [
     "SessionState",
     "VisualInput",
     "VisualItem",
-    "kv_bytes_per_token",
-    "p_yes",
     "split_frames",
 ]
 
@@ -421,25 +419,3 @@ def split_frames(item: VisualItem) -> list[VisualItem]:
         VisualItem(f"{item.uuid}-f{i}", item.entry_id, frames=item.frames[i : i + 1])
         for i in range(item.frames.shape[0])
     ]
-
-
-def kv_bytes_per_token(model_config: Any, dtype: torch.dtype) -> int:
-    """Bytes of keys and values one token takes in the language model's cache."""
-    text = getattr(model_config, "text_config", model_config)
-    heads = int(getattr(text, "num_key_value_heads", None) or text.num_attention_heads)
-    head_dim = int(getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads)
-    return 2 * int(text.num_hidden_layers) * heads * head_dim * torch.tensor([], dtype=dtype).element_size()
-
-
-def p_yes(logprobs: dict[int, float], yes: Sequence[int], no: Sequence[int]) -> float:
-    """P(yes) from the log-probabilities of the yes and no first tokens."""
-    missing = [t for t in (*yes, *no) if t not in logprobs]
-    if missing:
-        raise EngineError(f"the server returned no log-probability for token ids {missing}")
-    pair = torch.tensor(
-        [
-            torch.logsumexp(torch.tensor([logprobs[t] for t in yes], dtype=torch.float64), 0),
-            torch.logsumexp(torch.tensor([logprobs[t] for t in no], dtype=torch.float64), 0),
-        ]
-    )
-    return float(torch.softmax(pair, dim=0)[0])

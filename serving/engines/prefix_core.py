@@ -16,7 +16,9 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
+
+import torch
 
 from assistant.config import EngineConfig
 from assistant.models.base import VisionLanguageAdapter
@@ -26,12 +28,13 @@ from assistant.reaction import (
     AnswerEvent,
     AnswerRequest,
     AnswerStats,
+    EngineError,
     EngineSessionStats,
     MemoryChange,
     memory_context_tokens,
 )
 from memory.store import ContextBudget
-from serving.engines._context import Segment, SegmentContext, SessionState, kv_bytes_per_token, p_yes
+from serving.engines._context import Segment, SegmentContext, SessionState
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,3 +219,25 @@ class PrefixCachedEngine:
             "retrieved_entries": len(completion.request.recalled),
             "finish_reason": usage.finish,
         }
+
+
+def kv_bytes_per_token(model_config: Any, dtype: torch.dtype) -> int:
+    """Bytes of keys and values one token takes in the language model's cache."""
+    text = getattr(model_config, "text_config", model_config)
+    heads = int(getattr(text, "num_key_value_heads", None) or text.num_attention_heads)
+    head_dim = int(getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads)
+    return 2 * int(text.num_hidden_layers) * heads * head_dim * torch.tensor([], dtype=dtype).element_size()
+
+
+def p_yes(logprobs: dict[int, float], yes: Sequence[int], no: Sequence[int]) -> float:
+    """P(yes) from the log-probabilities of the yes and no first tokens."""
+    missing = [t for t in (*yes, *no) if t not in logprobs]
+    if missing:
+        raise EngineError(f"the server returned no log-probability for token ids {missing}")
+    pair = torch.tensor(
+        [
+            torch.logsumexp(torch.tensor([logprobs[t] for t in yes], dtype=torch.float64), 0),
+            torch.logsumexp(torch.tensor([logprobs[t] for t in no], dtype=torch.float64), 0),
+        ]
+    )
+    return float(torch.softmax(pair, dim=0)[0])
