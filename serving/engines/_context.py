@@ -210,6 +210,7 @@ class SegmentContext:
         """Context tokens an entry takes beyond its kept tokens (one function per session memory): timestamp,
         framing, and the whole grid (embeds) or the frames' tokens (frames) in place of the kept tokens."""
         grid = [0, 0]  # the largest token grid this memory has seen (the session's canvas grows the same way)
+        frames_shape = [1, 0, 0]  # (T, H, W) of the last frames seen: a pooled entry is sent with its sources'
         px = self.adapter.geometry.token_px
 
         def overhead(entry: MemoryEntry) -> int:
@@ -220,9 +221,9 @@ class SegmentContext:
                     grid[1] = max(grid[1], int(entry.positions[2].max()) + 1)
                 return stamp + self.layout.image_framing + grid[0] * grid[1] - entry.num_tokens
             frames = getattr(entry, "frames", None)
-            if frames is None:
-                return stamp + self.layout.image_framing
-            t, h, w = int(frames.shape[0]), int(frames.shape[-3]), int(frames.shape[-2])
+            if frames is not None:  # [T, H, W, 3] or [H, W, 3]
+                frames_shape[:] = [int(frames.shape[0]) if frames.ndim == 4 else 1, *map(int, frames.shape[-3:-1])]
+            t, h, w = frames_shape
             per_frame = self.tokens_per_frame or max(1, (h // px) * (w // px))
             return stamp + t * (self.layout.image_framing + per_frame) - entry.num_tokens
 
