@@ -314,6 +314,8 @@ class SegmentContext:
             seg = next((s for s in state.segments if s.sid == sid and not s.sent), None)
             if seg is not None:
                 state.segments.remove(seg)
+                if seg.item is not None:
+                    state.frames_by_entry.pop(seg.item.entry_id, None)
                 rejected.append(f"{sid} ({seg.num_tokens} tokens)")
         if rejected:
             raise EngineError(
