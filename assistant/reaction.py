@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
 from assistant.config import EngineConfig
-from memory.store import Evict, MemoryEntry, Pool, Prune
+from memory.store import ContextBudget, Evict, MemoryEntry, Pool, Prune
 
 AnswerKind = Literal["question", "instruction", "narration", "probe"]
 
@@ -92,6 +92,7 @@ class EngineSessionStats:
     pending_changes: int
     consolidations: int
     engine_evictions: int
+    """Segments the engine evicted on its own: always 0 (the memory is the one record; engines mirror it)."""
     prefilled_tokens: int = 0
     """Tokens run through the model for this session so far (memory, questions, answers)."""
 
@@ -102,6 +103,23 @@ class EngineError(RuntimeError):
 
 class UnknownSessionError(KeyError):
     """No such session in the engine."""
+
+
+QUESTION_RESERVE_TOKENS = 64
+"""Context tokens kept free for a question beyond the answer's ``max_new_tokens`` (longer ones may not fit)."""
+
+
+def memory_context_tokens(config: EngineConfig, header_tokens: int) -> int:
+    """Context tokens a session's visual memory may fill: the KV cap less the header, the text window, a question
+    and its answer. Raises EngineError when nothing is left."""
+    reserved = header_tokens + config.text_window_tokens + config.max_new_tokens + QUESTION_RESERVE_TOKENS
+    tokens = config.kv_cap_tokens - reserved
+    if tokens < 1:
+        raise EngineError(
+            f"engine.kv_cap_tokens ({config.kv_cap_tokens}) leaves no room for the visual memory after the "
+            f"system prompt ({header_tokens} tokens), the text window, a question and its answer ({reserved} in all)"
+        )
+    return tokens
 
 
 @runtime_checkable
@@ -130,6 +148,11 @@ class ReactionEngine(Protocol):
 
     async def probe(self, session_id: str, question: str, t: float) -> float:
         """P(yes) for a yes/no question about the stream so far."""
+        ...
+
+    def context_budget(self) -> ContextBudget:
+        """The bound a new session's memory must keep so that the engine's context fits its KV cap (one per
+        session): the engine mirrors the memory and never evicts on its own."""
         ...
 
     def session_stats(self, session_id: str) -> EngineSessionStats: ...

@@ -73,7 +73,8 @@ class Session:
             config, adapter, need_embeddings=not raw_frames, keep_frames=raw_frames
         )
         self.archive = archive if archive is not None else build_archive(config.memory, session_id)
-        self.memory = VisualMemory(config.memory.budget_tokens, make_policy(config.memory.policy), self.archive)
+        policy, context = make_policy(config.memory.policy), engine.context_budget()
+        self.memory = VisualMemory(config.memory.budget_tokens, policy, self.archive, context=context)
 
     async def start(self) -> None:
         """Open the engine side of the session."""

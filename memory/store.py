@@ -2,6 +2,10 @@
 
 Every change the memory makes is returned as a typed operation (Evict, Prune, Pool) so that an engine can
 mirror it in its KV cache: prefill each added entry once, then apply the operations in the order returned.
+
+The memory is the one record of what the engine's context holds: with a ``ContextBudget`` it also bounds the
+context tokens its entries take in the engine's prompt (kept tokens plus each entry's prompt overhead: timestamp
+text, vision start/end), so that an engine that mirrors its operations never has to evict anything itself.
 """
 
 from __future__ import annotations
@@ -15,7 +19,17 @@ import torch
 
 from memory.entry import Evict, MemoryEntry, MemoryOp, Pool, Prune
 
-__all__ = ["Evict", "MemoryEntry", "MemoryOp", "MemoryPolicy", "MemoryStats", "Pool", "Prune", "VisualMemory"]
+__all__ = [
+    "ContextBudget",
+    "Evict",
+    "MemoryEntry",
+    "MemoryOp",
+    "MemoryPolicy",
+    "MemoryStats",
+    "Pool",
+    "Prune",
+    "VisualMemory",
+]
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +38,24 @@ class ArchiveSink(Protocol):
     """Where evicted entries go (any ``memory.archive.Archive``)."""
 
     def put(self, entry: MemoryEntry) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ContextBudget:
+    """A bound in the engine's context tokens: each entry costs its kept tokens plus ``overhead(entry)``."""
+
+    tokens: int
+    """Context tokens the entries may take together (the engine's KV cap less its other reservations)."""
+    overhead: Callable[[MemoryEntry], int]
+    """Prompt tokens an entry takes beyond its kept tokens (timestamp text, framing, whole-grid fill)."""
+
+    def __post_init__(self) -> None:
+        if self.tokens < 1:
+            raise ValueError(f"a context budget needs at least 1 token, got {self.tokens}")
+
+    def cost(self, entry: MemoryEntry) -> int:
+        """Context tokens one entry takes."""
+        return entry.num_tokens + max(0, int(self.overhead(entry)))
 
 
 class MemoryPolicy(Protocol):
@@ -74,9 +106,15 @@ class _State:
     tokens: int
     next_id: int
     counters: _Counters
+    costs: dict[int, int]
+    """Entry id -> context tokens (with a context budget; else empty)."""
 
     def copy(self) -> _State:
-        return _State(dict(self.entries), self.tokens, self.next_id, replace(self.counters))
+        return _State(dict(self.entries), self.tokens, self.next_id, replace(self.counters), dict(self.costs))
+
+    @property
+    def context_tokens(self) -> int:
+        return sum(self.costs.values())
 
 
 def _concat(a: torch.Tensor | None, b: torch.Tensor | None, dim: int = 0) -> torch.Tensor | None:
@@ -101,7 +139,14 @@ def _merge(a: MemoryEntry, b: MemoryEntry) -> MemoryEntry:
 class VisualMemory:
     """Entries in time order under a hard token budget; ``add`` returns the ops an engine must mirror."""
 
-    def __init__(self, budget_tokens: int, policy: MemoryPolicy, archive: ArchiveSink | None = None) -> None:
+    def __init__(
+        self,
+        budget_tokens: int,
+        policy: MemoryPolicy,
+        archive: ArchiveSink | None = None,
+        *,
+        context: ContextBudget | None = None,
+    ) -> None:
         if isinstance(budget_tokens, bool) or not isinstance(budget_tokens, int) or budget_tokens < 1:
             raise ValueError(f"budget_tokens must be an integer >= 1, got {budget_tokens!r}")
         if not callable(getattr(policy, "make_room", None)):
@@ -109,7 +154,9 @@ class VisualMemory:
         self.budget = budget_tokens
         self.policy = policy
         self.archive = archive
-        self._state = _State({}, 0, 0, _Counters())
+        self.context = context
+        """The engine-context bound, or None (visual tokens only)."""
+        self._state = _State({}, 0, 0, _Counters(), {})
         self._round = 0
         self._partial: set[int] = set()  # live entries whose pruned-away tokens are in the archive
 
@@ -121,6 +168,11 @@ class VisualMemory:
     @property
     def tokens_held(self) -> int:
         return self._state.tokens
+
+    @property
+    def context_tokens(self) -> int:
+        """Context tokens the entries take in the engine's prompt (the visual tokens without a context budget)."""
+        return self._state.context_tokens if self.context is not None else self._state.tokens
 
     @property
     def round(self) -> int:
@@ -142,6 +194,7 @@ class VisualMemory:
     def clear(self) -> None:
         """Drop every entry (nothing is archived); ids, round and cumulative counters carry on."""
         self._state.entries.clear()
+        self._state.costs.clear()
         self._state.tokens = 0
         self._partial.clear()
 
@@ -154,6 +207,12 @@ class VisualMemory:
             raise ValueError(
                 f"one step has {entry.num_tokens} kept tokens but the memory budget is {self.budget} tokens; "
                 "raise the budget or lower the resolution (max pixels)"
+            )
+        cost = self.context.cost(entry) if self.context is not None else entry.num_tokens
+        if self.context is not None and cost > self.context.tokens:
+            raise ValueError(
+                f"one step takes {cost} tokens of the engine's context but the memory may fill only "
+                f"{self.context.tokens}; raise engine.kv_cap_tokens or lower the resolution (max pixels)"
             )
         state = self._state
         if entry.entry_id >= 0 and entry.entry_id < state.next_id:
@@ -169,9 +228,11 @@ class VisualMemory:
         work.entries[entry.entry_id] = entry
         work.tokens += entry.num_tokens
         work.counters.tokens_added += entry.num_tokens
+        if self.context is not None:
+            work.costs[entry.entry_id] = cost
         ops: list[MemoryOp] = []
         removed: list[tuple[MemoryEntry, bool]] = []  # (content, is_whole_entry) for the archive
-        if work.tokens > self.budget:
+        if self._over(work):
             try:
                 ops = self._make_room(work, removed)
             except Exception:
@@ -182,6 +243,17 @@ class VisualMemory:
         self._partial.intersection_update(work.entries)  # pooled sources leave the memory unarchived
         return ops
 
+    def _over(self, work: _State) -> bool:
+        """Whether ``work`` exceeds the token budget or the context budget."""
+        return work.tokens > self.budget or (self.context is not None and work.context_tokens > self.context.tokens)
+
+    def _policy_budget(self, work: _State) -> int:
+        """The token budget the policy aims at: the context budget less the entries' overhead, when smaller."""
+        if self.context is None:
+            return self.budget
+        overhead = work.context_tokens - work.tokens
+        return max(1, min(self.budget, self.context.tokens - overhead))
+
     def _make_room(self, work: _State, removed: list[tuple[MemoryEntry, bool]]) -> list[MemoryOp]:
         """Ask the policy, apply its ops to ``work``, then evict more if it fell short."""
 
@@ -190,31 +262,35 @@ class VisualMemory:
             return work.next_id - 1
 
         # 1. the policy's ops
-        ops = list(self.policy.make_room(tuple(work.entries.values()), self.budget, next_id))
+        ops = list(self.policy.make_room(tuple(work.entries.values()), self._policy_budget(work), next_id))
         for op in ops:
             self._apply(work, op, removed)
         # 2. the invariant, whatever the policy did: evict the oldest non-sink entries, then sinks
-        if work.tokens > self.budget:
-            log.warning(
-                "memory policy %s left %d tokens over a budget of %d; evicting the oldest entries",
-                getattr(self.policy, "name", type(self.policy).__name__),
-                work.tokens,
-                self.budget,
-            )
-            sinks = max(0, int(getattr(self.policy, "sink_entries", 0)))
-            *older, newest = work.entries
-            over, evict = work.tokens - self.budget, []
-            for entry_id in [*older[sinks:], *older[:sinks], newest]:
-                if over <= 0:
-                    break
-                evict.append(entry_id)
-                over -= work.entries[entry_id].num_tokens
-            fallback = Evict(tuple(evict))
+        if self._over(work):
+            fallback = self._fallback(work)
             self._apply(work, fallback, removed)
             ops.append(fallback)
         if ops:
             work.counters.compactions += 1
         return ops
+
+    def _fallback(self, work: _State) -> Evict:
+        """Oldest non-sink entries first, then sinks, then the newest: just enough to meet both budgets."""
+        name = getattr(self.policy, "name", type(self.policy).__name__)
+        if work.tokens > self.budget:
+            log.warning("memory policy %s left %d tokens over a budget of %d", name, work.tokens, self.budget)
+        sinks = max(0, int(getattr(self.policy, "sink_entries", 0)))
+        *older, newest = work.entries
+        over = work.tokens - self.budget
+        over_context = work.context_tokens - self.context.tokens if self.context is not None else 0
+        evict = []
+        for entry_id in [*older[sinks:], *older[:sinks], newest]:
+            if over <= 0 and over_context <= 0:
+                break
+            evict.append(entry_id)
+            over -= work.entries[entry_id].num_tokens
+            over_context -= work.costs.get(entry_id, 0)
+        return Evict(tuple(evict))
 
     def _apply(self, work: _State, op: MemoryOp, removed: list[tuple[MemoryEntry, bool]]) -> None:
         """Apply one op to ``work``; a malformed op raises ValueError."""
@@ -225,6 +301,7 @@ class VisualMemory:
                 raise ValueError(f"{op!r} names an entry twice")
             for entry_id in op.entry_ids:
                 entry = entries.pop(entry_id)
+                work.costs.pop(entry_id, None)
                 work.tokens -= entry.num_tokens
                 counters.tokens_evicted += entry.num_tokens
                 counters.entries_evicted += 1
@@ -241,6 +318,8 @@ class VisualMemory:
             dropped = torch.ones(entry.num_tokens, dtype=torch.bool)
             dropped[keep.cpu()] = False
             entries[op.entry_id] = kept
+            if self.context is not None:
+                work.costs[op.entry_id] = self.context.cost(kept)
             work.tokens -= entry.num_tokens - kept.num_tokens
             counters.tokens_pruned += entry.num_tokens - kept.num_tokens
             if dropped.any():
@@ -260,6 +339,10 @@ class VisualMemory:
             kept_ids.insert(at, new.entry_id)
             pooled = {**entries, new.entry_id: new}
             work.entries = {i: pooled[i] for i in kept_ids}
+            if self.context is not None:
+                for i in op.source_ids:
+                    work.costs.pop(i, None)
+                work.costs[new.entry_id] = self.context.cost(new)
             work.tokens += new.num_tokens - source_tokens
             counters.tokens_pooled += source_tokens - new.num_tokens
         else:
@@ -312,6 +395,3 @@ class VisualMemory:
             bytes_held=sum(e.nbytes for e in self._state.entries.values()),
             compactions=c.compactions,
         )
-
-
-__all__ = ["Evict", "MemoryEntry", "MemoryOp", "MemoryPolicy", "MemoryStats", "Pool", "Prune", "VisualMemory"]

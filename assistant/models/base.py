@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 
 from assistant.models.preprocess import VisualGeometry
+
+if TYPE_CHECKING:
+    from assistant.models.prompt import PromptLayout
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +36,8 @@ class VisionLanguageAdapter(Protocol):
     """The transformers model (``...ForConditionalGeneration``)."""
     tokenizer: Any
     token_ids: VisionTokenIds
+    layout: PromptLayout
+    """The prompt layout every engine builds its context from."""
 
     @property
     def device(self) -> torch.device: ...

@@ -10,10 +10,11 @@ import torch
 
 from assistant.models.base import VisionTokenIds
 from assistant.models.preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, VisualGeometry
+from assistant.models.prompt import QWEN_VL_FAMILIES, PromptLayout
 
 log = logging.getLogger(__name__)
 
-QWEN_FAMILIES = ("qwen2_vl", "qwen2_5_vl")
+QWEN_FAMILIES = QWEN_VL_FAMILIES
 
 
 def _model_class(family: str) -> type:
@@ -64,6 +65,7 @@ class QwenVLAdapter:
             image_pad=int(cfg.image_token_id),
             video_pad=int(cfg.video_token_id),
         )
+        self.layout = PromptLayout.build(tokenizer, family, self.token_ids, cfg)
         self._tokens_per_second = float(getattr(cfg.vision_config, "tokens_per_second", 1) or 1)
 
     @classmethod

@@ -10,7 +10,9 @@ Each visual segment is one multimodal item with a stable uuid, so the server reu
 before the first change. New entries are appended. A change that removes something from the middle (an
 eviction, a pooled pair, an old dialogue turn) invalidates the cache after that point, so such removals are
 batched: removed segments stay in the prompt (marked stale) until ``compaction_every`` of them accumulate or
-the context reaches its token cap, and are then dropped together (one compaction).
+the context reaches its token cap, and are then dropped together (one compaction). Nothing is evicted here on
+its own: the memory's context budget keeps the entries within the cap, and entries that still do not fit are
+rejected with an ``EngineError``. Texts and special tokens come from the adapter's ``PromptLayout``.
 
 Visual items have whole-chunk granularity. With precomputed embeddings (``embeds``) an item is the entry's
 whole token grid with its grid (t=1, h, w), which gives vLLM's M-RoPE the exact (h, w) positions; tokens the
@@ -25,9 +27,9 @@ import asyncio
 import threading
 import uuid
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 
@@ -42,6 +44,15 @@ from assistant.reaction import (
     UnknownSessionError,
 )
 from memory.store import Evict, MemoryEntry, Pool, Prune
+
+__all__ = [
+    "Segment",
+    "SegmentContext",
+    "SessionState",
+    "VisualInput",
+    "VisualItem",
+    "split_frames",
+]
 
 VisualInput = Literal["embeds", "frames"]
 
@@ -92,7 +103,6 @@ class SessionState:
     frames_by_entry: dict[int, torch.Tensor] = field(default_factory=dict)  # entry id -> [T, H, W, 3] uint8
     stale_count: int = 0
     compactions: int = 0
-    engine_evictions: int = 0
     prefilled_tokens: int = 0
     next_text_id: int = 0
     requests: int = 0
@@ -116,14 +126,12 @@ class SegmentContext:
         self.adapter = adapter
         self.config = config
         self.visual_input = visual_input
-        self.tokenizer = adapter.tokenizer
-        self.token_ids = adapter.token_ids
+        self.layout = adapter.layout
         self.sessions: dict[str, SessionState] = {}
         self.tokens_per_frame: int | None = None
         """Placeholder tokens one frame takes on the server (frames mode; learned from the first request)."""
         self.compaction_every = config.vllm.compaction_every
-        self.image_placeholder = image_placeholder(adapter)
-        """Token ids that stand for one image in a token prompt (the server expands the image token)."""
+        self.header_ids = self.layout.header_ids(config.system_prompt)
 
     # -- sessions ------------------------------------------------------------------------------------------
     def open(self, session_id: str) -> SessionState:
@@ -131,8 +139,8 @@ class SegmentContext:
             raise ValueError(f"session {session_id!r} is already open in the engine")
         state = SessionState(session_id, uuid.uuid4().hex[:12])
         self.sessions[session_id] = state
-        header = f"<|im_start|>system\n{self.config.system_prompt}<|im_end|>\n<|im_start|>user\n"
-        ids = self.ids(header)
+        header = self.layout.header_text(self.config.system_prompt)
+        ids = list(self.header_ids)
         state.segments.append(Segment("system", "system", header, ids, len(ids)))
         return state
 
@@ -156,25 +164,18 @@ class SegmentContext:
             segments=len(state.segments),
             pending_changes=len(state.pending),
             consolidations=state.compactions,
-            engine_evictions=state.engine_evictions,
+            engine_evictions=0,
             prefilled_tokens=state.prefilled_tokens,
         )
 
     # -- token helpers -------------------------------------------------------------------------------------
-    def ids(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False).input_ids)
-
-    @staticmethod
-    def stamp(t: float) -> str:
-        return f"<{t:.1f}s>"
-
     def question_text(self, request: AnswerRequest) -> str:
         """The question as it follows the context (the chat template closes the turn after it)."""
-        return f"\n[{request.t:.1f}s] {request.question}"
+        return self.layout.question_text(request.t, request.question)
 
     def question_ids(self, request: AnswerRequest) -> list[int]:
         """The question suffix with the assistant header, as the transformers engine lays it out."""
-        return self.ids(f"{self.question_text(request)}<|im_end|>\n<|im_start|>assistant\n")
+        return self.layout.question_ids(request.t, request.question)
 
     def item_tokens(self, item: VisualItem) -> int:
         """Placeholder tokens of an item on the server."""
@@ -196,14 +197,37 @@ class SegmentContext:
             item.embeds, item.grid = self._whole_grid(state, entry, temporary)
         else:
             item.frames = self._frames_of(state, entry)
-        text = self.stamp(entry.t_start)
-        ids = self.ids(text)
+        text = self.layout.stamp_text(entry.t_start)
+        ids = self.layout.ids(text)
         return Segment(f"e{entry.entry_id}", "visual", text, ids, self.visual_tokens(ids, item), item)
 
     def visual_tokens(self, ids: list[int], item: VisualItem) -> int:
         """Tokens a visual segment takes on the server: timestamp, framing tokens, expanded images."""
-        framing = (len(self.image_placeholder) - 1) * len(split_frames(item))
+        framing = self.layout.image_framing * len(split_frames(item))
         return len(ids) + framing + self.item_tokens(item)
+
+    def entry_overhead(self) -> Callable[[MemoryEntry], int]:
+        """Context tokens an entry takes beyond its kept tokens (one function per session memory): timestamp,
+        framing, and the whole grid (embeds) or the frames' tokens (frames) in place of the kept tokens."""
+        grid = [0, 0]  # the largest token grid this memory has seen (the session's canvas grows the same way)
+        frames_shape = [1, 0, 0]  # (T, H, W) of the last frames seen: a pooled entry is sent with its sources'
+        px = self.adapter.geometry.token_px
+
+        def overhead(entry: MemoryEntry) -> int:
+            stamp = len(self.layout.stamp_ids(entry.t_start))
+            if self.visual_input == "embeds":
+                if entry.num_tokens:
+                    grid[0] = max(grid[0], int(entry.positions[1].max()) + 1)
+                    grid[1] = max(grid[1], int(entry.positions[2].max()) + 1)
+                return stamp + self.layout.image_framing + grid[0] * grid[1] - entry.num_tokens
+            frames = getattr(entry, "frames", None)
+            if frames is not None:  # [T, H, W, 3] or [H, W, 3]
+                frames_shape[:] = [int(frames.shape[0]) if frames.ndim == 4 else 1, *map(int, frames.shape[-3:-1])]
+            t, h, w = frames_shape
+            per_frame = self.tokens_per_frame or max(1, (h // px) * (w // px))
+            return stamp + t * (self.layout.image_framing + per_frame) - entry.num_tokens
+
+        return overhead
 
     def _whole_grid(
         self, state: SessionState, entry: MemoryEntry, temporary: bool
@@ -255,10 +279,12 @@ class SegmentContext:
         with state.pending_lock:
             changes, state.pending = state.pending, []
         added = 0
+        added_sids: list[str] = []
         for change in changes:
             if isinstance(change, AddEntry):
                 if change.entry.num_tokens:
                     added += self._append(state, self.visual_segment(state, change.entry))
+                    added_sids.append(f"e{change.entry.entry_id}")
             elif isinstance(change, Evict):
                 self._remove(state, [f"e{i}" for i in change.entry_ids])
                 for i in change.entry_ids:
@@ -269,12 +295,38 @@ class SegmentContext:
                 self._remove(state, [f"e{i}" for i in change.source_ids])
                 if change.entry.num_tokens:
                     added += self._append(state, self.visual_segment(state, change.entry))
+                    added_sids.append(f"e{change.entry.entry_id}")
                 for i in change.source_ids:
                     state.frames_by_entry.pop(i, None)
             else:
                 raise EngineError(f"unknown memory change {type(change).__name__}")
         self.maybe_compact(state)
+        self._reject_overflow(state, added_sids)
         return added
+
+    def _reject_overflow(self, state: SessionState, added_sids: list[str]) -> None:
+        """Take back the newest entries of this batch while the context overflows the cap; raise naming them."""
+        window_left = max(0, self.config.text_window_tokens - self._history_tokens(state))
+        cap = self.config.kv_cap_tokens - window_left
+        rejected: list[str] = []
+        while state.context_tokens > cap and added_sids:
+            sid = added_sids.pop()
+            seg = next((s for s in state.segments if s.sid == sid and not s.sent), None)
+            if seg is not None:
+                state.segments.remove(seg)
+                if seg.item is not None:
+                    state.frames_by_entry.pop(seg.item.entry_id, None)
+                rejected.append(f"{sid} ({seg.num_tokens} tokens)")
+        if rejected:
+            raise EngineError(
+                f"memory entries {', '.join(reversed(rejected))} do not fit the KV cap of {self.config.kv_cap_tokens} "
+                f"tokens ({state.context_tokens} held, {window_left} kept for the text window); the engine does not "
+                "evict on its own: build the memory with the engine's context_budget()"
+            )
+
+    def _history_tokens(self, state: SessionState) -> int:
+        by_sid = {s.sid: s for s in state.segments}
+        return sum(by_sid[s].num_tokens for s in state.history if s in by_sid)
 
     def _append(self, state: SessionState, segment: Segment) -> int:
         present = next((s for s in state.segments if s.sid == segment.sid), None)
@@ -297,20 +349,10 @@ class SegmentContext:
         state.segments = kept
 
     def maybe_compact(self, state: SessionState, reserve: int = 0) -> None:
-        """Drop stale segments when enough accumulated or the cap needs room; evict the oldest when still full."""
+        """Drop stale segments when enough accumulated or the cap (less ``reserve``) needs room; evicts nothing."""
         cap = self.config.kv_cap_tokens - reserve
         if state.stale_count and (state.stale_count >= self.compaction_every or state.context_tokens > cap):
             self.compact(state)
-        while state.context_tokens > cap:
-            oldest = next((s for s in state.segments if s.kind in ("visual", "text")), None)
-            if oldest is None:
-                raise EngineError(f"the context does not fit the KV cap of {self.config.kv_cap_tokens} tokens")
-            state.segments.remove(oldest)
-            if oldest.sid in state.history:
-                state.history.remove(oldest.sid)
-            if oldest.item is not None:
-                state.frames_by_entry.pop(oldest.item.entry_id, None)
-            state.engine_evictions += 1
 
     def compact(self, state: SessionState) -> None:
         """Drop every stale segment at once (the server's cache after the first one is invalidated once)."""
@@ -326,11 +368,10 @@ class SegmentContext:
         window = self.config.text_window_tokens
         if not request.remember or window == 0:
             return
-        text = f"\n[{request.t:.1f}s] Q: {request.question}\nA: {answer.strip()}\n"
-        ids = self.ids(text)
-        if len(ids) > window:
-            ids = ids[: window // 2] + ids[-(window - window // 2) :]
-            text = self.tokenizer.decode(ids)
+        text = self.layout.turn_text(request.t, request.question, answer)
+        ids = self.layout.turn_ids(request.t, request.question, answer, window)
+        if len(ids) < len(self.layout.ids(text)):
+            text = self.layout.decode(ids)
         by_sid = {s.sid: s for s in state.segments}
         while state.history and sum(by_sid[s].num_tokens for s in state.history if s in by_sid) + len(ids) > window:
             self._remove(state, [state.history.popleft()])
@@ -361,7 +402,7 @@ class SegmentContext:
             ids += seg.ids
             if seg.item is not None:
                 for image in split_frames(seg.item):
-                    ids += self.image_placeholder
+                    ids += self.layout.image_placeholder
                     images.append(image)
         if question is not None:
             ids += question
@@ -373,20 +414,6 @@ class SegmentContext:
             seg.sent = True
 
 
-def image_placeholder(adapter: VisionLanguageAdapter) -> list[int]:
-    """One image in a token prompt: Qwen-VL frames it with vision start/end, others use their image token."""
-    if getattr(adapter, "family", "") in ("qwen2_vl", "qwen2_5_vl"):
-        tid = adapter.token_ids
-        return [tid.vision_start, tid.image_pad, tid.vision_end]
-    cfg = adapter.model.config
-    token = getattr(cfg, "image_token_index", None)
-    if token is None:
-        token = getattr(cfg, "image_token_id", None)
-    if token is None:
-        raise EngineError(f"cannot tell the image token of a {getattr(cfg, 'model_type', '?')!r} checkpoint")
-    return [int(token)]
-
-
 def split_frames(item: VisualItem) -> list[VisualItem]:
     """One image per frame of a frames item (uuids ``<item>-f<i>``); an embeds item is one image."""
     if item.frames is None:
@@ -395,38 +422,3 @@ def split_frames(item: VisualItem) -> list[VisualItem]:
         VisualItem(f"{item.uuid}-f{i}", item.entry_id, frames=item.frames[i : i + 1])
         for i in range(item.frames.shape[0])
     ]
-
-
-def kv_bytes_per_token(model_config: Any, dtype: torch.dtype) -> int:
-    """Bytes of keys and values one token takes in the language model's cache."""
-    text = getattr(model_config, "text_config", model_config)
-    heads = int(getattr(text, "num_key_value_heads", None) or text.num_attention_heads)
-    head_dim = int(getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads)
-    return 2 * int(text.num_hidden_layers) * heads * head_dim * torch.tensor([], dtype=dtype).element_size()
-
-
-def yes_no_token_ids(tokenizer: Any) -> tuple[list[int], list[int]]:
-    """First-token ids of 'Yes' and 'No' spellings, without ids both share (as the transformers engine does)."""
-
-    def first(words: tuple[str, ...]) -> set[int]:
-        return {tokenizer(w, add_special_tokens=False).input_ids[0] for w in words}
-
-    y, n = first(("Yes", " Yes", "yes")), first(("No", " No", "no"))
-    y, n = y - n, n - y
-    if not y or not n:
-        raise EngineError("the tokenizer does not separate 'Yes' from 'No' in their first token")
-    return sorted(y), sorted(n)
-
-
-def p_yes(logprobs: dict[int, float], yes: Sequence[int], no: Sequence[int]) -> float:
-    """P(yes) from the log-probabilities of the yes and no first tokens."""
-    missing = [t for t in (*yes, *no) if t not in logprobs]
-    if missing:
-        raise EngineError(f"the server returned no log-probability for token ids {missing}")
-    pair = torch.tensor(
-        [
-            torch.logsumexp(torch.tensor([logprobs[t] for t in yes], dtype=torch.float64), 0),
-            torch.logsumexp(torch.tensor([logprobs[t] for t in no], dtype=torch.float64), 0),
-        ]
-    )
-    return float(torch.softmax(pair, dim=0)[0])

@@ -9,6 +9,10 @@ Every segment is prefilled once. A visual segment's tokens keep their original (
 temporal position taken from a running cursor, so dropping or evicting tokens never shifts other positions.
 When the cursor nears the model's position limit, the context is consolidated (re-prefilled with compact
 positions). All model work runs on one worker thread; sessions interleave at token granularity.
+
+The engine mirrors the visual memory and never evicts on its own: the memory's ``ContextBudget`` (from
+``context_budget``) keeps the visual segments within the KV cap, and an entry that still does not fit is rejected
+with an ``EngineError``. The prompt texts and special tokens come from the adapter's ``PromptLayout``.
 """
 
 from __future__ import annotations
@@ -38,9 +42,10 @@ from assistant.reaction import (
     EngineSessionStats,
     MemoryChange,
     UnknownSessionError,
+    memory_context_tokens,
 )
 from memory.kv_cache import SegmentKVCache
-from memory.store import Evict, MemoryEntry, Pool, Prune
+from memory.store import ContextBudget, Evict, MemoryEntry, Pool, Prune
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +114,6 @@ class _SessionContext:
     pending_lock: threading.Lock = field(default_factory=threading.Lock)
     request_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     consolidations: int = 0
-    engine_evictions: int = 0
     prefilled_tokens: int = 0
     next_text_id: int = 0
     temp_cursor: int = 0
@@ -133,7 +137,9 @@ class HFEngine:
         text_cfg = self.model.config.text_config
         limit = int(getattr(text_cfg, "max_position_embeddings", 32768))
         self.position_limit = self.config.position_limit or int(limit * 0.9)
-        self._yes_no = self._first_token_ids(("Yes", " Yes", "yes"), ("No", " No", "no"))
+        self.layout = adapter.layout
+        self._yes_no = (torch.tensor(self.layout.yes_ids), torch.tensor(self.layout.no_ids))
+        self._header = torch.tensor(self.layout.header_ids(self.config.system_prompt), dtype=torch.long)
 
     # -- protocol ------------------------------------------------------------------------------------------
     async def open_session(self, session_id: str) -> None:
@@ -216,6 +222,16 @@ class HFEngine:
         async with ctx.request_lock:
             return await self._run(self._probe, ctx, question, t)
 
+    def context_budget(self) -> ContextBudget:
+        """Each entry costs its timestamp and vision start/end beyond its kept tokens; the memory may fill the KV
+        cap less the header, the text window, a question and its answer."""
+        layout = self.layout
+
+        def overhead(entry: MemoryEntry) -> int:
+            return len(layout.stamp_ids(entry.t_start)) + layout.video_framing
+
+        return ContextBudget(memory_context_tokens(self.config, self._header.numel()), overhead)
+
     def session_stats(self, session_id: str) -> EngineSessionStats:
         ctx = self._ctx(session_id)
         return EngineSessionStats(
@@ -225,7 +241,7 @@ class HFEngine:
             segments=len(ctx.kv.segments),
             pending_changes=len(ctx.pending),
             consolidations=ctx.consolidations,
-            engine_evictions=ctx.engine_evictions,
+            engine_evictions=0,
             prefilled_tokens=ctx.prefilled_tokens,
         )
 
@@ -250,11 +266,10 @@ class HFEngine:
         cache = DynamicCache(config=self.model.config.text_config)
         ctx = _SessionContext(kv=SegmentKVCache(cache, self.config.kv_cap_tokens))
         self._sessions[session_id] = ctx
-        header = f"<|im_start|>system\n{self.config.system_prompt}<|im_end|>\n<|im_start|>user\n"
-        self._append(ctx, "system", _Record("system", self._ids(header)))
+        self._append(ctx, "system", _Record("system", self._header.clone()))
 
     def _ids(self, text: str) -> torch.Tensor:
-        return torch.tensor(self.tokenizer(text, add_special_tokens=False).input_ids, dtype=torch.long)
+        return torch.tensor(self.layout.ids(text), dtype=torch.long)
 
     def _embed(self, record: _Record) -> torch.Tensor:
         embeds = self.adapter.embed_text(record.ids)  # [n, D]
@@ -290,18 +305,10 @@ class HFEngine:
                 "(need_embeddings=True)"
             )
         k = entry.num_tokens
-        stamp = self._ids(f"<{entry.t_start:.1f}s>")
-        tid = self.adapter.token_ids
-        ids = torch.cat(
-            [
-                stamp,
-                torch.tensor([tid.vision_start]),
-                torch.full((k,), tid.video_pad),
-                torch.tensor([tid.vision_end]),
-            ]
-        )
-        visual = torch.zeros(ids.numel(), dtype=torch.bool)
-        visual[stamp.numel() + 1 : stamp.numel() + 1 + k] = True
+        token_ids, first = self.layout.video_segment_ids(entry.t_start, k)
+        ids = torch.tensor(token_ids, dtype=torch.long)  # [n]
+        visual = torch.zeros(ids.numel(), dtype=torch.bool)  # [n]
+        visual[first : first + k] = True
         return _Record("visual", ids, visual, entry.embeddings, entry.positions[1].clone(), entry.positions[2].clone())
 
     def _take_pending(self, ctx: _SessionContext) -> list[MemoryChange]:
@@ -310,7 +317,10 @@ class HFEngine:
         return changes
 
     def _sync(self, ctx: _SessionContext) -> int:
-        """Apply queued memory changes: evictions and prunes on the cache, new entries prefilled in order."""
+        """Apply queued memory changes: evictions and prunes on the cache, new entries prefilled in order.
+
+        An entry that does not fit the KV cap is not prefilled; the others are, then an EngineError names it.
+        """
         to_add: dict[str, MemoryEntry] = {}
         changes = self._take_pending(ctx)
         for change in changes:
@@ -329,15 +339,27 @@ class HFEngine:
                 self._drop(ctx, [f"e{i}" for i in change.source_ids], to_add)
                 to_add[f"e{change.entry.entry_id}"] = change.entry
         prefilled = 0
+        rejected: list[str] = []
+        history = sum(ctx.records[s].num_tokens() for s in ctx.history)
+        window_left = max(0, self.config.text_window_tokens - history)  # the text window may still grow by this
         for sid, entry in to_add.items():
             if entry.num_tokens == 0:
                 continue
             record = self._visual_record(entry)
-            self._make_room(ctx, record.num_tokens())
+            if record.num_tokens() + window_left > ctx.kv.room():
+                rejected.append(f"{sid} ({record.num_tokens()} tokens)")
+                continue
+            self._maybe_consolidate(ctx, record.num_tokens())
             self._append(ctx, sid, record)
             prefilled += record.num_tokens()
         if changes and self.adapter.device.type == "cpu":
             self._trim_heap()
+        if rejected:
+            raise EngineError(
+                f"memory entries {', '.join(rejected)} do not fit the KV cap of {ctx.kv.cap_tokens} tokens "
+                f"({ctx.kv.length} held, {window_left} kept for the text window); the engine "
+                "does not evict on its own: build the memory with the engine's context_budget()"
+            )
         return prefilled
 
     def _drop(self, ctx: _SessionContext, segment_ids: list[str], to_add: dict[str, MemoryEntry]) -> None:
@@ -370,18 +392,8 @@ class HFEngine:
             record.cols[keep],
         )
 
-    def _make_room(self, ctx: _SessionContext, needed: int) -> None:
-        """Keep the hard KV cap and the position limit: evict oldest visual segments, consolidate positions."""
-        reserve = needed + self.config.text_window_tokens
-        while ctx.kv.room() < reserve:
-            oldest = next((s for s in ctx.kv.segments if s.kind in ("visual", "text")), None)
-            if oldest is None:
-                raise EngineError(f"a {needed}-token segment does not fit the KV cap {ctx.kv.cap_tokens}")
-            ctx.kv.evict([oldest.segment_id])
-            del ctx.records[oldest.segment_id]
-            if oldest.segment_id in ctx.history:
-                ctx.history.remove(oldest.segment_id)
-            ctx.engine_evictions += 1
+    def _maybe_consolidate(self, ctx: _SessionContext, needed: int) -> None:
+        """Keep the position limit: re-prefill the context with compact positions (renumbers, evicts nothing)."""
         if ctx.cursor + needed + 2048 > self.position_limit:
             self._rebuild(ctx, renumber=True)
             ctx.consolidations += 1
@@ -410,8 +422,8 @@ class HFEngine:
         return synced
 
     def _suffix(self, request: AnswerRequest) -> _Record:
-        text = f"\n[{request.t:.1f}s] {request.question}<|im_end|>\n<|im_start|>assistant\n"
-        return _Record("question", self._ids(text))
+        ids = self.layout.question_ids(request.t, request.question)
+        return _Record("question", torch.tensor(ids, dtype=torch.long))
 
     def _begin(self, ctx: _SessionContext, request: AnswerRequest) -> tuple[torch.Tensor, int]:
         """Prefill recalled entries and the question on top of the cache (rolled back after the answer)."""
@@ -438,23 +450,26 @@ class HFEngine:
         return self._forward(ctx, self.adapter.embed_text(torch.tensor([token])), positions)
 
     def _finish(self, ctx: _SessionContext, checkpoint: Any, request: AnswerRequest, text: str) -> None:
+        """Roll the request back; remember the exchange in the bounded text window (oldest turns leave first)."""
         ctx.kv.rollback(checkpoint)
-        if not request.remember or self.config.text_window_tokens == 0:
+        window = self.config.text_window_tokens
+        if not request.remember or window == 0:
             return
-        record = _Record("text", self._ids(f"\n[{request.t:.1f}s] Q: {request.question}\nA: {text.strip()}\n"))
-        n = record.num_tokens()
-        if n > self.config.text_window_tokens:
-            keep = self.config.text_window_tokens
-            record = _Record("text", torch.cat([record.ids[: keep // 2], record.ids[-(keep - keep // 2) :]]))
-        while ctx.history and sum(ctx.records[s].num_tokens() for s in ctx.history) + record.num_tokens() > (
-            self.config.text_window_tokens
+        ids = self.layout.turn_ids(request.t, request.question, text, window)
+        record = _Record("text", torch.tensor(ids, dtype=torch.long))
+        while ctx.history and (
+            sum(ctx.records[s].num_tokens() for s in ctx.history) + record.num_tokens() > window
+            or record.num_tokens() > ctx.kv.room()
         ):
             old = ctx.history.popleft()
             ctx.kv.evict([old])
             del ctx.records[old]
+        if record.num_tokens() > ctx.kv.room():  # only when the memory was built without the engine's budget
+            log.warning("the exchange at %.1f s does not fit the KV cap; it is not remembered", request.t)
+            return
         sid = f"t{ctx.next_text_id}"
         ctx.next_text_id += 1
-        self._make_room(ctx, record.num_tokens())
+        self._maybe_consolidate(ctx, record.num_tokens())
         self._append(ctx, sid, record)
         ctx.history.append(sid)
 
@@ -462,24 +477,13 @@ class HFEngine:
         self._prepare(ctx)
         checkpoint = ctx.kv.fork()
         try:
-            request = AnswerRequest(f"{question} Answer yes or no.", t, kind="probe", remember=False)
+            request = AnswerRequest(self.layout.probe_question(question), t, kind="probe", remember=False)
             logits, _ = self._begin(ctx, request)
         finally:
             ctx.kv.rollback(checkpoint)
         yes, no = self._yes_no
         pair = torch.stack([logits[yes].logsumexp(0), logits[no].logsumexp(0)])
         return float(torch.softmax(pair, dim=0)[0])
-
-    def _first_token_ids(self, yes: tuple[str, ...], no: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-        def first(words: tuple[str, ...]) -> torch.Tensor:
-            ids = {self.tokenizer(w, add_special_tokens=False).input_ids[0] for w in words}
-            return torch.tensor(sorted(ids))
-
-        y, n = set(first(yes).tolist()), set(first(no).tolist())
-        y, n = y - n, n - y  # a first token shared by both spellings (e.g. a space) says nothing
-        if not y or not n:
-            raise EngineError("the tokenizer does not separate 'Yes' from 'No' in their first token")
-        return torch.tensor(sorted(y)), torch.tensor(sorted(n))
 
     @staticmethod
     def _sample(logits: torch.Tensor, temperature: float) -> int:

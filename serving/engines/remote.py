@@ -1,5 +1,8 @@
 """The remote reaction engine: the same context as the vLLM engine, over OpenAI-compatible ``vllm serve`` replicas.
 
+The steps (absorb, compact, request, remember, stats) are ``serving.engines.prefix_core``'s; this module is the
+HTTP transport: request bodies, replica pinning, retries.
+
 Each request is a streamed chat completion whose user turn is the session's context: timestamp texts and one
 image part per memory entry, each carrying a stable ``uuid`` so that the replica's prefix cache reuses the KV
 of everything before the first change. A session is pinned to one replica (the one with the fewest sessions
@@ -29,25 +32,9 @@ import torch
 
 from assistant.config import EngineConfig
 from assistant.models.base import VisionLanguageAdapter
-from assistant.reaction import (
-    AnswerDelta,
-    AnswerDone,
-    AnswerEvent,
-    AnswerRequest,
-    AnswerStats,
-    EngineError,
-    EngineSessionStats,
-    MemoryChange,
-)
-from serving.engines._context import (
-    Segment,
-    SegmentContext,
-    VisualItem,
-    kv_bytes_per_token,
-    p_yes,
-    split_frames,
-    yes_no_token_ids,
-)
+from assistant.reaction import AnswerRequest, EngineError
+from serving.engines._context import Segment, SessionState, VisualItem, split_frames
+from serving.engines.prefix_core import Completion, Piece, PrefixCachedEngine, Usage
 
 log = logging.getLogger(__name__)
 
@@ -97,156 +84,89 @@ def _png_data_url(frame: torch.Tensor) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-class RemoteEngine:
+class RemoteEngine(PrefixCachedEngine):
     """ReactionEngine over one or more OpenAI-compatible vLLM servers."""
 
     def __init__(self, adapter: VisionLanguageAdapter, config: EngineConfig) -> None:
         opts = config.remote
         if not opts.urls:
             raise EngineError("the remote engine needs at least one replica URL (engine.remote.urls / --remote-url)")
-        self.adapter = adapter
-        self.config = config
+        super().__init__(adapter, config)
         self.model = opts.served_model or adapter.name
         self.replicas = [Replica(url) for url in opts.urls]
-        self.context = SegmentContext(adapter, config, config.vllm.visual_input)
         self._pins: dict[str, Replica] = {}
         self._parts: dict[str, dict[str, Any]] = {}  # image uuid -> encoded content part
-        self._yes, self._no = yes_no_token_ids(adapter.tokenizer)
-        self._bytes_per_token = kv_bytes_per_token(adapter.model.config, adapter.dtype)
         headers = {"Authorization": f"Bearer {opts.api_key}"} if opts.api_key else {}
         self._timeout = httpx.Timeout(opts.timeout_s, connect=opts.connect_timeout_s)
         self._client = httpx.AsyncClient(headers=headers, timeout=self._timeout)
-
-    # -- protocol ------------------------------------------------------------------------------------------
-    async def open_session(self, session_id: str) -> None:
-        self.context.open(session_id)
-        self._pin(session_id)
-
-    async def close_session(self, session_id: str) -> None:
-        state = self.context.sessions.get(session_id)
-        if state is None:
-            return
-        async with state.request_lock:
-            self.context.sessions.pop(session_id, None)
-            replica = self._pins.pop(session_id, None)
-            if replica is not None:
-                replica.sessions -= 1
-            prefix = f"vigil-{session_id}-{state.nonce}-"
-            for key in [k for k in self._parts if k.startswith(prefix)]:
-                del self._parts[key]
-
-    def apply(self, session_id: str, changes: Sequence[MemoryChange]) -> None:
-        self.context.queue(session_id, changes)
 
     def replica_of(self, session_id: str) -> str:
         """URL of the replica a session is pinned to."""
         self.context.get(session_id)
         return self._pins[session_id].url
 
-    async def sync(self, session_id: str) -> int:
-        """Bring queued changes into the context and have the replica prefill it; returns tokens prefilled."""
-        state = self.context.get(session_id)
-        async with state.request_lock:
-            self.context.absorb(state)
-            if state.signature() == state.warm_signature:
-                return 0
-            segments = self.context.request_segments(state, None)
-            body = self._body(segments, None, max_tokens=1, temperature=0.0)
-            data = await self._post(session_id, body)
-            self.context.mark_sent(segments)
-            state.warm_signature = state.signature()
-            prompt, cached = _usage(data)
-            state.prefilled_tokens += prompt - cached
-            return prompt - cached
-
-    async def answer(self, session_id: str, request: AnswerRequest) -> AsyncIterator[AnswerEvent]:
-        state = self.context.get(session_id)
-        async with state.request_lock:
-            started = time.perf_counter()
-            self.context.absorb(state)
-            max_new = request.max_new_tokens or self.config.max_new_tokens
-            question_tokens = len(self.context.question_ids(request))
-            self.context.maybe_compact(state, reserve=question_tokens + max_new)
-            segments = self.context.request_segments(state, request)
-            temperature = self.config.temperature if request.temperature is None else request.temperature
-            body = self._body(segments, request, max_tokens=max_new, temperature=temperature)
-            if request.min_new_tokens:
-                body["min_tokens"] = min(request.min_new_tokens, max_new)
-            body["stream"] = True
-            body["stream_options"] = {"include_usage": True}
-            body["return_token_ids"] = True  # vLLM: the generated ids ride along with the text
-            text, token_ids, ttft = "", [], 0.0
-            usage: dict[str, Any] = {}
-            finish = "length"
-            async for chunk in self._stream(session_id, body):
-                if chunk.get("usage"):
-                    usage = chunk["usage"]
-                for choice in chunk.get("choices") or ():
-                    piece = (choice.get("delta") or {}).get("content") or ""
-                    ids = tuple(int(i) for i in choice.get("token_ids") or ())
-                    if piece or ids:
-                        if not ttft:
-                            ttft = time.perf_counter() - started
-                        text += piece
-                        token_ids += ids
-                        yield AnswerDelta(piece, ids)
-                    if choice.get("finish_reason"):
-                        finish = "length" if choice["finish_reason"] == "length" else "stop"
-            if token_ids:  # the whole answer decoded at once (a streaming detokenizer holds back a partial char)
-                whole = self.adapter.tokenizer.decode(token_ids, skip_special_tokens=True)
-                if whole.startswith(text) and len(whole) > len(text):
-                    yield AnswerDelta(whole[len(text) :], ())
-                    text = whole
-            self.context.mark_sent(segments[: len(state.segments)])
-            self._forget_parts(state)
-            state.warm_signature = ()
-            prompt, cached = _usage({"usage": usage})
-            generated = int(usage.get("completion_tokens") or len(token_ids))
-            recalled = sum(s.num_tokens for s in segments[len(state.segments) :])
-            prompt_tokens = question_tokens + recalled
-            state.prefilled_tokens += max(0, prompt - cached) + generated
-            self.context.remember(state, request, text)
-            yield AnswerDone(
-                text,
-                AnswerStats(
-                    synced_tokens=max(0, prompt - cached - prompt_tokens),
-                    prompt_tokens=prompt_tokens,
-                    cached_tokens=cached,
-                    generated_tokens=generated,
-                    retrieved_entries=len(request.recalled),
-                    ttft_s=ttft or time.perf_counter() - started,
-                    total_s=time.perf_counter() - started,
-                    finish_reason=finish,
-                ),
-            )
-
-    async def probe(self, session_id: str, question: str, t: float) -> float:
-        """P(yes) from the replica's log-probabilities of the yes/no first tokens."""
-        state = self.context.get(session_id)
-        async with state.request_lock:
-            self.context.absorb(state)
-            request = AnswerRequest(f"{question} Answer yes or no.", t, kind="probe", remember=False)
-            segments = self.context.request_segments(state, request)
-            labels = [*self._yes, *self._no]
-            body = self._body(segments, request, max_tokens=1, temperature=0.0)
-            body.update(logprobs=True, top_logprobs=len(labels), logprob_token_ids=labels)
-            body["return_tokens_as_token_ids"] = True
-            data = await self._post(session_id, body)
-            self.context.mark_sent(segments[: len(state.segments)])
-            try:
-                content = data["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
-                logprobs = {int(str(e["token"]).rsplit(":", 1)[-1]): float(e["logprob"]) for e in content}
-            except (KeyError, IndexError, TypeError, ValueError) as exc:
-                raise EngineError(f"the replica returned no usable log-probabilities: {exc}") from exc
-            return p_yes(logprobs, self._yes, self._no)
-
-    def session_stats(self, session_id: str) -> EngineSessionStats:
-        return self.context.stats(self.context.get(session_id), self._bytes_per_token)
-
     async def shutdown(self) -> None:
-        for sid in list(self.context.sessions):
-            await self.close_session(sid)
+        await super().shutdown()
         await self._client.aclose()
+
+    # -- transport -----------------------------------------------------------------------------------------
+    async def _opened(self, session_id: str) -> None:
+        self._pin(session_id)
+
+    def _closed(self, state: SessionState) -> None:
+        replica = self._pins.pop(state.session_id, None)
+        if replica is not None:
+            replica.sessions -= 1
+        prefix = f"vigil-{state.session_id}-{state.nonce}-"
+        for key in [k for k in self._parts if k.startswith(prefix)]:
+            del self._parts[key]
+
+    async def _prefill(self, state: SessionState, segments: Sequence[Segment]) -> int:
+        body = self._body(segments, None, max_tokens=1, temperature=0.0)
+        prompt, cached = _usage(await self._post(state.session_id, body))
+        return prompt - cached
+
+    async def _complete(
+        self, state: SessionState, segments: Sequence[Segment], completion: Completion
+    ) -> AsyncIterator[Piece | Usage]:
+        body = self._body(
+            segments, completion.request, max_tokens=completion.max_new_tokens, temperature=completion.temperature
+        )
+        if completion.min_new_tokens:
+            body["min_tokens"] = completion.min_new_tokens
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
+        body["return_token_ids"] = True  # vLLM: the generated ids ride along with the text
+        usage: dict[str, Any] = {}
+        finish = "length"
+        async for chunk in self._stream(state.session_id, body):
+            if chunk.get("usage"):
+                usage = chunk["usage"]
+            for choice in chunk.get("choices") or ():
+                piece = (choice.get("delta") or {}).get("content") or ""
+                ids = tuple(int(i) for i in choice.get("token_ids") or ())
+                if piece or ids:
+                    yield Piece(piece, ids)
+                if choice.get("finish_reason"):
+                    finish = "length" if choice["finish_reason"] == "length" else "stop"
+        prompt, cached = _usage({"usage": usage})
+        yield Usage(prompt, cached, finish, int(usage["completion_tokens"]) if usage.get("completion_tokens") else None)
+
+    async def _logprobs(
+        self, state: SessionState, segments: Sequence[Segment], request: AnswerRequest, labels: list[int]
+    ) -> dict[int, float]:
+        body = self._body(segments, request, max_tokens=1, temperature=0.0)
+        body.update(logprobs=True, top_logprobs=len(labels), logprob_token_ids=labels)
+        body["return_tokens_as_token_ids"] = True
+        data = await self._post(state.session_id, body)
+        try:
+            content = data["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
+            return {int(str(e["token"]).rsplit(":", 1)[-1]): float(e["logprob"]) for e in content}
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            raise EngineError(f"the replica returned no usable log-probabilities: {exc}") from exc
+
+    def _answered(self, state: SessionState, segments: Sequence[Segment], completion: Completion, usage: Usage) -> None:
+        self._forget_parts(state)
 
     # -- requests ------------------------------------------------------------------------------------------
     def _pin(self, session_id: str, avoid: Replica | None = None) -> Replica:
@@ -276,7 +196,7 @@ class RemoteEngine:
             if seg.item is not None:
                 parts += [self._image_part(image) for image in split_frames(seg.item)]
         if request is not None:
-            parts.append({"type": "text", "text": self.context.question_text(request)})
+            parts.append({"type": "text", "text": self.layout.question_text(request.t, request.question)})
         return {
             "model": self.model,
             "messages": [
@@ -288,7 +208,7 @@ class RemoteEngine:
             "skip_special_tokens": True,
         }
 
-    def _forget_parts(self, state: Any) -> None:
+    def _forget_parts(self, state: SessionState) -> None:
         """Drop the encoded parts of items that left the session's context."""
         prefix = f"vigil-{state.session_id}-{state.nonce}-"
         live = {image.uuid for seg in state.segments if seg.item is not None for image in split_frames(seg.item)}

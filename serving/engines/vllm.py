@@ -1,9 +1,10 @@
 """The in-process vLLM reaction engine: ``AsyncLLM`` with automatic prefix caching over each session's context.
 
-Every request hands vLLM the session's whole context (see ``serving.engines._context``): token ids with one
-image placeholder per memory entry, the entries as multimodal items with stable ``multi_modal_uuids``, then
-the question. vLLM's prefix cache hashes items by uuid, so a question prefills only what changed since the
-last request; ``num_cached_tokens`` of each request is reported as ``AnswerStats.cached_tokens``.
+Every request hands vLLM the session's whole context (see ``serving.engines._context``; the steps are
+``serving.engines.prefix_core``'s, this module is the transport): token ids with one image placeholder per memory
+entry, the entries as multimodal items with stable ``multi_modal_uuids``, then the question. vLLM's prefix
+cache hashes items by uuid, so a question prefills only what changed since the last request; ``num_cached_tokens``
+of each request is reported as ``AnswerStats.cached_tokens``.
 
 ``visual_input='embeds'`` hands vLLM the visual embeddings our perception computed (``image_embeds`` with
 their grids: exact M-RoPE positions, whole-chunk granularity, Qwen2-VL / Qwen2.5-VL). ``'frames'`` hands it
@@ -30,25 +31,9 @@ from vllm.v1.engine.async_llm import AsyncLLM
 
 from assistant.config import EngineConfig
 from assistant.models.base import VisionLanguageAdapter
-from assistant.reaction import (
-    AnswerDelta,
-    AnswerDone,
-    AnswerEvent,
-    AnswerRequest,
-    AnswerStats,
-    EngineError,
-    EngineSessionStats,
-    MemoryChange,
-)
-from serving.engines._context import (
-    Segment,
-    SegmentContext,
-    SessionState,
-    VisualItem,
-    kv_bytes_per_token,
-    p_yes,
-    yes_no_token_ids,
-)
+from assistant.reaction import AnswerRequest, EngineError
+from serving.engines._context import Segment, SessionState, VisualItem
+from serving.engines.prefix_core import Completion, Piece, PrefixCachedEngine, Usage
 
 log = logging.getLogger(__name__)
 
@@ -87,21 +72,13 @@ def _to_image(frame: torch.Tensor) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(frame[0].cpu().numpy()))
 
 
-class VLLMEngine:
+class VLLMEngine(PrefixCachedEngine):
     """ReactionEngine over an in-process vLLM ``AsyncLLM`` (GPU, or CPU with a CPU build of vLLM)."""
 
     def __init__(
         self, adapter: VisionLanguageAdapter, config: EngineConfig | None = None, **engine_overrides: Any
     ) -> None:
-        self.adapter = adapter
-        self.config = config or EngineConfig(kind="vllm")
-        self.visual_input = self.config.vllm.visual_input
-        self.context = SegmentContext(adapter, self.config, self.visual_input)
-        self._yes, self._no = yes_no_token_ids(adapter.tokenizer)
-        gen = getattr(adapter.model, "generation_config", None)
-        eos = getattr(gen, "eos_token_id", None) or adapter.tokenizer.eos_token_id
-        self._stop_ids = sorted(set(eos if isinstance(eos, list) else [eos]))
-        self._bytes_per_token = kv_bytes_per_token(adapter.model.config, adapter.dtype)
+        super().__init__(adapter, config or EngineConfig(kind="vllm"))
         started = time.perf_counter()
         try:
             self.llm: AsyncLLM | None = AsyncLLM.from_engine_args(engine_args(adapter, self.config, **engine_overrides))
@@ -111,133 +88,69 @@ class VLLMEngine:
         """Seconds vLLM took to start."""
         log.info("vLLM engine started in %.1f s (%s input)", self.start_s, self.visual_input)
 
-    # -- protocol ------------------------------------------------------------------------------------------
-    async def open_session(self, session_id: str) -> None:
-        self.context.open(session_id)
-
-    async def close_session(self, session_id: str) -> None:
-        state = self.context.sessions.get(session_id)
-        if state is not None:
-            async with state.request_lock:
-                self.context.sessions.pop(session_id, None)
-
-    def apply(self, session_id: str, changes: Sequence[MemoryChange]) -> None:
-        self.context.queue(session_id, changes)
-
-    async def sync(self, session_id: str) -> int:
-        """Bring queued changes into the context and prefill it (a one-token request); returns tokens prefilled."""
-        state = self.context.get(session_id)
-        async with state.request_lock:
-            self.context.absorb(state)
-            if state.signature() == state.warm_signature:
-                return 0
-            segments = self.context.request_segments(state, None)
-            prompt = self._prompt(state, segments, None)
-            params = SamplingParams(max_tokens=1, temperature=0.0, output_kind=RequestOutputKind.FINAL_ONLY)
-            prefilled = 0
-            async for out in self._generate(state, prompt, params):
-                prefilled = len(out.prompt_token_ids or ()) - int(out.num_cached_tokens or 0)
-            self.context.mark_sent(segments)
-            state.warm_signature = state.signature()
-            state.prefilled_tokens += prefilled
-            return prefilled
-
-    async def answer(self, session_id: str, request: AnswerRequest) -> AsyncIterator[AnswerEvent]:
-        state = self.context.get(session_id)
-        async with state.request_lock:
-            started = time.perf_counter()
-            self.context.absorb(state)
-            question = self.context.question_ids(request)
-            max_new = request.max_new_tokens or self.config.max_new_tokens
-            self.context.maybe_compact(state, reserve=len(question) + max_new)
-            segments = self.context.request_segments(state, request)
-            prompt = self._prompt(state, segments, question)
-            temperature = self.config.temperature if request.temperature is None else request.temperature
-            params = SamplingParams(
-                max_tokens=max_new,
-                min_tokens=min(request.min_new_tokens, max_new),
-                temperature=temperature,
-                stop_token_ids=self._stop_ids,
-                output_kind=RequestOutputKind.DELTA,
-                skip_special_tokens=True,
-            )
-            recalled_tokens = sum(s.num_tokens for s in segments[len(state.segments) :])
-            emitted, token_ids, ttft = "", [], 0.0
-            prompt_len = cached = 0
-            finish = "length"
-            async for out in self._generate(state, prompt, params):
-                if out.prompt_token_ids is not None and not prompt_len:
-                    prompt_len, cached = len(out.prompt_token_ids), int(out.num_cached_tokens or 0)
-                completion = out.outputs[0]
-                if completion.token_ids and not ttft:
-                    ttft = time.perf_counter() - started
-                token_ids += completion.token_ids
-                if completion.text or completion.token_ids:
-                    emitted += completion.text
-                    yield AnswerDelta(completion.text, tuple(completion.token_ids))
-                if out.finished:
-                    finish = "length" if completion.finish_reason == "length" else "stop"
-            # the whole answer decoded at once, as the transformers engine does (vLLM's incremental
-            # detokenizer holds back an incomplete character at the end)
-            text = self.adapter.tokenizer.decode(token_ids, skip_special_tokens=True)
-            if text.startswith(emitted) and len(text) > len(emitted):
-                yield AnswerDelta(text[len(emitted) :], ())
-            ids = len(token_ids)
-            self.context.mark_sent(segments[: len(state.segments)])
-            state.warm_signature = ()
-            prompt_tokens = len(question) + recalled_tokens
-            state.prefilled_tokens += max(0, prompt_len - cached) + ids
-            self._learn_frame_tokens(segments, question, prompt_len)
-            self.context.remember(state, request, text)
-            stats = AnswerStats(
-                synced_tokens=max(0, prompt_len - cached - prompt_tokens),
-                prompt_tokens=prompt_tokens,
-                cached_tokens=cached,
-                generated_tokens=ids,
-                retrieved_entries=len(request.recalled),
-                ttft_s=ttft or time.perf_counter() - started,
-                total_s=time.perf_counter() - started,
-                finish_reason=finish,
-            )
-            yield AnswerDone(text, stats)
-
-    async def probe(self, session_id: str, question: str, t: float) -> float:
-        """P(yes) from vLLM's log-probabilities of the yes/no first tokens (one generated token)."""
-        state = self.context.get(session_id)
-        async with state.request_lock:
-            self.context.absorb(state)
-            request = AnswerRequest(f"{question} Answer yes or no.", t, kind="probe", remember=False)
-            segments = self.context.request_segments(state, request)
-            prompt = self._prompt(state, segments, self.context.question_ids(request))
-            labels = [*self._yes, *self._no]
-            params = SamplingParams(
-                max_tokens=1,
-                temperature=0.0,
-                logprobs=len(labels),
-                logprob_token_ids=labels,
-                output_kind=RequestOutputKind.FINAL_ONLY,
-            )
-            logprobs: dict[int, float] = {}
-            async for out in self._generate(state, prompt, params):
-                steps = out.outputs[0].logprobs or []
-                if steps:
-                    logprobs = {int(k): float(v.logprob) for k, v in steps[0].items()}
-            self.context.mark_sent(segments[: len(state.segments)])
-            return p_yes(logprobs, self._yes, self._no)
-
-    def session_stats(self, session_id: str) -> EngineSessionStats:
-        return self.context.stats(self.context.get(session_id), self._bytes_per_token)
-
     async def shutdown(self) -> None:
-        for sid in list(self.context.sessions):
-            await self.close_session(sid)
+        await super().shutdown()
         if self.llm is not None:
             llm, self.llm = self.llm, None
             llm.shutdown()
             del llm  # released now, not in the interpreter's teardown (where vLLM's finalizer fails)
 
+    # -- transport -----------------------------------------------------------------------------------------
+    async def _prefill(self, state: SessionState, segments: Sequence[Segment]) -> int:
+        prompt = self._prompt(segments, None)
+        params = SamplingParams(max_tokens=1, temperature=0.0, output_kind=RequestOutputKind.FINAL_ONLY)
+        prefilled = 0
+        async for out in self._generate(state, prompt, params):
+            prefilled = len(out.prompt_token_ids or ()) - int(out.num_cached_tokens or 0)
+        return prefilled
+
+    async def _complete(
+        self, state: SessionState, segments: Sequence[Segment], completion: Completion
+    ) -> AsyncIterator[Piece | Usage]:
+        prompt = self._prompt(segments, completion.question_ids)
+        params = SamplingParams(
+            max_tokens=completion.max_new_tokens,
+            min_tokens=completion.min_new_tokens,
+            temperature=completion.temperature,
+            stop_token_ids=self._stop_ids,
+            output_kind=RequestOutputKind.DELTA,
+            skip_special_tokens=True,
+        )
+        prompt_len = cached = 0
+        finish = "length"
+        async for out in self._generate(state, prompt, params):
+            if out.prompt_token_ids is not None and not prompt_len:
+                prompt_len, cached = len(out.prompt_token_ids), int(out.num_cached_tokens or 0)
+            delta = out.outputs[0]
+            if delta.text or delta.token_ids:
+                yield Piece(delta.text, tuple(delta.token_ids))
+            if out.finished:
+                finish = "length" if delta.finish_reason == "length" else "stop"
+        yield Usage(prompt_len, cached, finish)
+
+    async def _logprobs(
+        self, state: SessionState, segments: Sequence[Segment], request: AnswerRequest, labels: list[int]
+    ) -> dict[int, float]:
+        prompt = self._prompt(segments, self.context.question_ids(request))
+        params = SamplingParams(
+            max_tokens=1,
+            temperature=0.0,
+            logprobs=len(labels),
+            logprob_token_ids=labels,
+            output_kind=RequestOutputKind.FINAL_ONLY,
+        )
+        logprobs: dict[int, float] = {}
+        async for out in self._generate(state, prompt, params):
+            steps = out.outputs[0].logprobs or []
+            if steps:
+                logprobs = {int(k): float(v.logprob) for k, v in steps[0].items()}
+        return logprobs
+
+    def _answered(self, state: SessionState, segments: Sequence[Segment], completion: Completion, usage: Usage) -> None:
+        self._learn_frame_tokens(segments, completion.question_ids, usage.prompt_tokens)
+
     # -- internals -----------------------------------------------------------------------------------------
-    def _prompt(self, state: SessionState, segments: Sequence[Segment], question: list[int] | None) -> dict:
+    def _prompt(self, segments: Sequence[Segment], question: list[int] | None) -> dict:
         """vLLM's prompt dict: token ids, multimodal items and their uuids."""
         ids, images = self.context.token_prompt(segments, question)
         prompt: dict[str, Any] = {"prompt_token_ids": ids}
@@ -280,7 +193,7 @@ class VLLMEngine:
         frames = sum(int(s.item.frames.shape[0]) for s in segments if s.item is not None)
         if not frames:
             return
-        framing = len(self.context.image_placeholder) - 1
+        framing = self.layout.image_framing
         text = sum(len(s.ids) + (framing * int(s.item.frames.shape[0]) if s.item is not None else 0) for s in segments)
         per_frame = (prompt_len - text - len(question)) // frames
         if per_frame > 0 and per_frame != self.context.tokens_per_frame:

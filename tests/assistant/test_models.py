@@ -231,3 +231,33 @@ def test_device_and_dtype_resolution() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
             resolve_device("cuda")
+
+
+def test_prompt_layout_of_the_adapter(tiny_adapter) -> None:
+    """The layout's texts and ids: the streaming chat layout the engines have always written, token for token."""
+    from types import SimpleNamespace
+
+    from assistant.models.prompt import PromptLayout, PromptLayoutError
+
+    layout, tok, tid = tiny_adapter.layout, tiny_adapter.tokenizer, tiny_adapter.token_ids
+
+    def ids(text: str) -> list[int]:
+        return tok(text, add_special_tokens=False).input_ids
+
+    assert layout.header_ids("Be brief.") == ids("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n")
+    segment, first = layout.video_segment_ids(12.0, 3)
+    stamp = ids("<12.0s>")
+    assert segment == [*stamp, tid.vision_start, tid.video_pad, tid.video_pad, tid.video_pad, tid.vision_end]
+    assert first == len(stamp) + 1 and segment[first] == tid.video_pad
+    assert layout.image_placeholder == (tid.vision_start, tid.image_pad, tid.vision_end) and layout.image_framing == 2
+    assert layout.probe_question("a car?") == "a car? Answer yes or no."
+    turn = ids("\n[3.0s] Q: what?\nA: a red car\n")
+    assert layout.turn_ids(3.0, "what?", " a red car ", 1000) == turn
+    clipped = layout.turn_ids(3.0, "what?", " a red car ", 5)
+    assert clipped == turn[:2] + turn[-3:]
+    yes = {ids(w)[0] for w in ("Yes", " Yes", "yes")}
+    no = {ids(w)[0] for w in ("No", " No", "no")}
+    assert set(layout.yes_ids) == yes - no and set(layout.no_ids) == no - yes and layout.yes_ids
+    with pytest.raises(PromptLayoutError, match="image token"):
+        PromptLayout.build(tok, "llava", tid, SimpleNamespace(model_type="llava"))
+    assert PromptLayout.build(tok, "llava", tid, SimpleNamespace(image_token_index=7)).image_placeholder == (7,)

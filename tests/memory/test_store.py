@@ -9,7 +9,7 @@ import torch
 
 from memory.archive import InMemoryArchive
 from memory.policies import POLICY_NAMES, RedundancyPrunePolicy, SinkWindowPolicy, make_policy
-from memory.store import Evict, MemoryEntry, MemoryOp, Pool, Prune, VisualMemory
+from memory.store import ContextBudget, Evict, MemoryEntry, MemoryOp, Pool, Prune, VisualMemory
 
 GW = 8  # grid width of the test steps
 
@@ -274,3 +274,57 @@ def test_bad_input() -> None:
         VisualMemory(0, SinkWindowPolicy())
     with pytest.raises(TypeError, match="make_room"):
         VisualMemory(10, object())  # type: ignore[arg-type]
+
+
+# --- the context budget: the memory bounds the engine's context too ------------------------------
+
+
+@pytest.mark.parametrize("name", POLICY_NAMES)
+def test_context_budget_holds_with_many_small_entries(name: str) -> None:
+    """Entries of a few tokens, each costing 7 more in the engine's prompt: the context bound, not the token
+    budget, decides what is evicted, and the ops still mirror the memory."""
+    budget, context = 400, ContextBudget(300, lambda entry: 7)
+    gen = torch.Generator().manual_seed(1)
+    archive = InMemoryArchive(max_entries=100_000, max_bytes=1 << 40)
+    memory = VisualMemory(budget, make_policy(name), archive, context=context)
+    shadow: dict[int, MemoryEntry] = {}
+    most_tokens = 0
+    for step in range(600):
+        if step % 100 == 99:
+            memory.begin_round()
+        n = int(torch.randint(1, 4, (1,), generator=gen))
+        cells = torch.randperm(GW * GW, generator=gen)[:n].sort().values.tolist()
+        new = make_entry(step, cells, round_=memory.round)
+        ops = memory.add(new)
+        shadow = replay(shadow, new, ops)
+        assert memory.context_tokens == sum(e.num_tokens + 7 for e in memory.entries)
+        assert memory.context_tokens <= 300, step
+        most_tokens = max(most_tokens, memory.tokens_held)
+    assert_mirrors(shadow, memory)
+    assert memory.stats.entries_evicted > 0 and most_tokens < budget // 2  # the context bound did the evicting
+    assert memory.stats.entries_archived > 0
+
+
+def test_context_budget_counts_prunes_and_pools() -> None:
+    """A pruned entry costs its kept tokens plus its overhead again; a pooled one replaces its sources' costs."""
+    policy = RedundancyPrunePolicy(target=1.0, recent_fraction=0.5, norm_share=1.0)
+    memory = VisualMemory(12, policy, context=ContextBudget(100, lambda e: e.num_tokens))
+    a, b = make_entry(0, range(8)), make_entry(1, range(8))
+    memory.add(a)
+    ops = memory.add(b)
+    assert any(isinstance(op, Prune) for op in ops)
+    assert memory.context_tokens == sum(2 * e.num_tokens for e in memory.entries)  # overhead = kept tokens
+    pooled = VisualMemory(8, make_policy("round_pool", target=1.0), context=ContextBudget(100, lambda e: 3))
+    pooled.add(make_entry(0, range(6)))
+    ops = pooled.add(make_entry(1, range(6)))
+    assert [type(op) for op in ops] == [Pool]
+    assert pooled.context_tokens == pooled.tokens_held + 3 * len(pooled.entries) == 9
+
+
+def test_context_budget_rejects_an_entry_that_cannot_fit() -> None:
+    memory = VisualMemory(100, SinkWindowPolicy(), context=ContextBudget(20, lambda e: 10))
+    with pytest.raises(ValueError, match="takes 22 tokens of the engine's context but the memory may fill only 20"):
+        memory.add(make_entry(0, range(12)))
+    assert memory.entries == () and memory.context_tokens == 0
+    with pytest.raises(ValueError, match="at least 1 token"):
+        ContextBudget(0, lambda e: 0)

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 
 import pytest
 import torch
 
-from assistant.config import VigilConfig
+from assistant.config import EngineConfig, VigilConfig
+from assistant.models.prompt import ANSWER_OPEN, PromptLayout
 from assistant.reaction import AddEntry, AnswerDelta, AnswerDone, AnswerRequest, EngineError, UnknownSessionError
 from assistant.session import Session
 from evaluation.bench_latency import LatencyBenchConfig, synthetic_updates
-from memory.store import MemoryEntry
+from memory.policies import SinkWindowPolicy
+from memory.store import MemoryEntry, VisualMemory
 from serving.engines.hf import HFEngine
+from serving.engines.remote import RemoteEngine
 
 
 def _config(budget: int = 4096, reuse: bool = True, **engine) -> VigilConfig:
@@ -227,3 +231,122 @@ def test_bad_requests(tiny_adapter) -> None:
         await engine.shutdown()
 
     asyncio.run(run())
+
+
+def _tight_config(budget: int = 512, window: int = 64) -> VigilConfig:
+    """The smallest KV cap the config validator allows for the budget: no slack for per-entry prompt overhead."""
+    return VigilConfig(
+        memory={"budget_tokens": budget, "archive": "memory"},
+        engine={"max_new_tokens": 12, "kv_cap_tokens": budget + window + 256, "text_window_tokens": window},
+    )
+
+
+def test_no_engine_eviction_with_many_small_entries(tiny_adapter) -> None:
+    """One-token entries, each with a timestamp and vision start/end around it: their prompt overhead alone
+    would overflow the KV cap long before the token budget is reached. The memory's context budget evicts (and
+    archives); the engine mirrors it exactly and never evicts on its own."""
+
+    async def run() -> None:
+        config = _tight_config()
+        engine, session = await _started(tiny_adapter, config)
+        updates = _updates(tiny_adapter, 300, keep=1 / 48)
+        most = 0
+        for i, update in enumerate(updates):
+            session.remember(update)
+            await engine.sync("s")
+            ctx, stats = engine._sessions["s"], engine.session_stats("s")
+            visual = [s.segment_id for s in ctx.kv.segments if s.kind == "visual"]
+            assert visual == [f"e{e.entry_id}" for e in session.memory.entries], i
+            assert ctx.kv.length <= ctx.kv.cap_tokens and stats.engine_evictions == 0
+            most = max(most, session.memory.tokens_held)
+            if i % 100 == 99:
+                held = ctx.kv.length
+                _, done = await _answer(session, f"what is there at {update.t_end:.0f} s?", update.t_end)
+                assert done.stats.cached_tokens == held and ctx.kv.length <= ctx.kv.cap_tokens
+        assert session.memory.stats.entries_evicted > 0 and most < config.memory.budget_tokens // 2
+        assert session.stats().archived_entries > 0  # what the context budget evicted went to the archive
+        await engine.shutdown()
+
+    asyncio.run(run())
+
+
+def test_an_entry_that_does_not_fit_is_rejected_not_evicted_for(tiny_adapter) -> None:
+    """A memory built without the engine's context budget overflows the cap: the engine rejects the entries
+    that do not fit with a clear error and keeps every entry it already holds."""
+
+    async def run() -> None:
+        config = _tight_config()
+        engine, session = await _started(tiny_adapter, config)
+        session.memory = VisualMemory(config.memory.budget_tokens, SinkWindowPolicy())  # token budget only
+        rejected = None
+        for update in _updates(tiny_adapter, 200, keep=1 / 48):
+            session.remember(update)
+            held = [s.segment_id for s in engine._sessions["s"].kv.segments if s.kind == "visual"]
+            try:
+                await engine.sync("s")
+            except EngineError as exc:
+                rejected = exc
+                break
+            assert engine.session_stats("s").engine_evictions == 0
+        assert rejected is not None and "do not fit the KV cap" in str(rejected)
+        ctx = engine._sessions["s"]
+        newest = f"e{session.memory.entries[-1].entry_id}"
+        assert newest in str(rejected) and newest not in ctx.records
+        assert [s.segment_id for s in ctx.kv.segments if s.kind == "visual"] == held  # nothing evicted for it
+        assert ctx.kv.length <= ctx.kv.cap_tokens
+        await engine.shutdown()
+
+    asyncio.run(run())
+
+
+class _StampAtLayout(PromptLayout):
+    """A different layout: the engines must follow it, since they build their prompts from the adapter's."""
+
+    @staticmethod
+    def stamp_text(t: float) -> str:
+        return f" at {t:.0f} s:"
+
+    @staticmethod
+    def question_text(t: float, question: str) -> str:
+        return f"\nAt {t:.0f} s: {question}"
+
+
+def test_the_prompt_layout_is_one_thing(tiny_adapter) -> None:
+    """The hf engine, the prefix core and the remote body all take their texts and ids from the adapter's layout."""
+    remote_config = EngineConfig(kind="remote", remote={"urls": ["http://127.0.0.1:9/v1"]})
+    layout = tiny_adapter.layout
+    hf, remote = HFEngine(tiny_adapter, _config().engine), RemoteEngine(tiny_adapter, remote_config)
+    assert hf.layout is remote.layout is remote.context.layout is layout
+    request = AnswerRequest("what is there?", 12.0)
+    suffix = hf._suffix(request).ids.tolist()
+    assert suffix == remote.context.question_ids(request) == layout.question_ids(12.0, "what is there?")
+    # the ids are today's: the question suffix exactly as the engines wrote it before the layout existed
+    literal = "\n[12.0s] what is there?<|im_end|>\n<|im_start|>assistant\n"
+    assert suffix == tiny_adapter.tokenizer(literal, add_special_tokens=False).input_ids
+    yes, no = hf._yes_no
+    assert tuple(yes.tolist()) == layout.yes_ids and tuple(no.tolist()) == layout.no_ids
+
+    other = copy.copy(tiny_adapter)
+    other.layout = _StampAtLayout.build(other.tokenizer, other.family, other.token_ids, other.model.config)
+    hf2, remote2 = HFEngine(other, _config().engine), RemoteEngine(other, remote_config)
+    entry = _updates(tiny_adapter, 1)[0]
+    record = hf2._visual_record(
+        MemoryEntry(0, 0, 4.0, 8.0, entry.kept_indices, entry.positions, embeddings=entry.embeddings)
+    )
+    stamp = other.layout.ids(" at 4 s:")
+    assert record.ids[: len(stamp)].tolist() == stamp
+    assert hf2._suffix(request).ids.tolist() == other.layout.ids("\nAt 12 s: what is there?" + ANSWER_OPEN)
+
+    async def body_texts() -> list[str]:
+        await remote2.open_session("s")
+        state = remote2.context.get("s")
+        remote2.apply(
+            "s", [AddEntry(MemoryEntry(0, 0, 4.0, 8.0, entry.kept_indices, entry.positions, entry.embeddings))]
+        )
+        remote2.context.absorb(state)
+        body = remote2._body(remote2.context.request_segments(state, request), request, max_tokens=1, temperature=0)
+        await remote2.shutdown()
+        await remote.shutdown()
+        return [p["text"] for p in body["messages"][1]["content"] if p["type"] == "text"]
+
+    assert asyncio.run(body_texts()) == [" at 4 s:", "\nAt 12 s: what is there?"]

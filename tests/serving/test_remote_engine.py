@@ -156,6 +156,8 @@ from assistant.config import EngineConfig, VigilConfig  # noqa: E402
 from assistant.reaction import AnswerDelta, AnswerDone, AnswerRequest, EngineError  # noqa: E402
 from assistant.session import Session  # noqa: E402
 from evaluation.bench_latency import LatencyBenchConfig, synthetic_updates  # noqa: E402
+from memory.policies import SinkWindowPolicy  # noqa: E402
+from memory.store import VisualMemory  # noqa: E402
 from serving.engines import build_engine  # noqa: E402
 from serving.engines.remote import RemoteEngine, ReplicaUnavailableError  # noqa: E402
 
@@ -350,7 +352,7 @@ def test_probe_reads_label_logprobs(tiny_adapter, replicas) -> None:
         p = await engine.probe("s", "is there a car?", 3.0)
         body = replicas[0].requests[-1]
         labels = body["logprob_token_ids"]
-        yes = [t for t in labels if t in engine._yes]
+        yes = [t for t in labels if t in engine.layout.yes_ids]
         lp = {t: -1.0 - 0.5 * i for i, t in enumerate(labels)}
         expect = torch.softmax(
             torch.tensor(
@@ -381,6 +383,80 @@ def test_bad_configuration_and_sessions(tiny_adapter) -> None:
         await engine.open_session("s")
         with pytest.raises(ValueError, match="already open"):
             await engine.open_session("s")
+        await engine.shutdown()
+
+    asyncio.run(run())
+
+
+def _tight_config(url: str, budget: int = 512, window: int = 64) -> VigilConfig:
+    """The smallest KV cap the config validator allows for the budget (no slack for per-entry prompt overhead)."""
+    return VigilConfig(
+        memory={"budget_tokens": budget, "archive": "memory"},
+        engine={
+            "kind": "remote",
+            "max_new_tokens": 8,
+            "kv_cap_tokens": budget + window + 256,
+            "text_window_tokens": window,
+            "vllm": {"compaction_every": 8},
+            "remote": {"urls": [url], "served_model": "tiny-served", "timeout_s": 5},
+        },
+    )
+
+
+def test_the_prefix_core_never_evicts_on_its_own(tiny_adapter, replicas) -> None:
+    """One-token entries sent as whole 4 x 6 grids with a timestamp: their cost in the context would overflow the
+    cap long before the token budget is reached. The memory's context budget evicts; the shared core mirrors it
+    (batched compactions) and never evicts on its own."""
+    config = _tight_config(replicas[0].url)
+
+    async def run() -> None:
+        engine = RemoteEngine(tiny_adapter, config.engine)
+        session = Session("s", config, tiny_adapter, engine)
+        await session.start()
+        state = engine.context.get("s")
+        for i, update in enumerate(_updates(tiny_adapter, 150, keep=1 / 24)):
+            session.remember(update)
+            if i % 5 == 4:
+                await engine.sync("s")
+                live = [s.sid for s in state.segments if s.kind == "visual" and not s.stale]
+                assert live == [f"e{e.entry_id}" for e in session.memory.entries], i
+                stats = engine.session_stats("s")
+                assert stats.kv_tokens <= config.engine.kv_cap_tokens and stats.engine_evictions == 0
+            if i % 50 == 49:
+                _, done = await _ask(engine, "s", "what now?", update.t_end)
+                assert done.text
+        assert session.memory.stats.entries_evicted > 0 and engine.session_stats("s").consolidations > 0
+        assert session.memory.tokens_held < config.memory.budget_tokens // 4  # the context budget evicted
+        await engine.shutdown()
+
+    asyncio.run(run())
+
+
+def test_the_prefix_core_rejects_what_does_not_fit(tiny_adapter, replicas) -> None:
+    """A memory without the engine's context budget overflows the cap: the newest entries are rejected with a
+    clear error and nothing already in the context is evicted for them."""
+    config = _tight_config(replicas[0].url)
+
+    async def run() -> None:
+        engine = RemoteEngine(tiny_adapter, config.engine)
+        session = Session("s", config, tiny_adapter, engine)
+        session.memory = VisualMemory(config.memory.budget_tokens, SinkWindowPolicy())  # token budget only
+        await session.start()
+        state = engine.context.get("s")
+        rejected = None
+        for update in _updates(tiny_adapter, 100, keep=1 / 24):
+            session.remember(update)
+            held = [s.sid for s in state.segments if s.kind == "visual"]
+            try:
+                await engine.sync("s")
+            except EngineError as exc:
+                rejected = exc
+                break
+        assert rejected is not None and "do not fit the KV cap" in str(rejected)
+        assert f"e{session.memory.entries[-1].entry_id}" in str(rejected)
+        assert [s.sid for s in state.segments if s.kind == "visual"] == held
+        assert state.context_tokens <= config.engine.kv_cap_tokens
+        assert engine.session_stats("s").engine_evictions == 0
         await engine.shutdown()
 
     asyncio.run(run())

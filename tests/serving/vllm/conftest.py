@@ -165,17 +165,20 @@ def llava_adapter(tiny_llava_dir: Path):
 
     from assistant.models.base import VisionTokenIds
     from assistant.models.preprocess import VisualGeometry
+    from assistant.models.prompt import PromptLayout
 
     model = LlavaForConditionalGeneration.from_pretrained(tiny_llava_dir, dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(tiny_llava_dir)
     image = int(model.config.image_token_index)
+    token_ids = VisionTokenIds(vision_start=image, vision_end=image, image_pad=image, video_pad=image)
     return SimpleNamespace(
         family="llava",
+        layout=PromptLayout.build(tokenizer, "llava", token_ids, model.config),
         name=str(tiny_llava_dir),
         model=model,
         tokenizer=tokenizer,
         geometry=VisualGeometry(patch_size=14, merge_size=1),
-        token_ids=VisionTokenIds(vision_start=image, vision_end=image, image_pad=image, video_pad=image),
+        token_ids=token_ids,
         dtype=torch.float32,
         device=torch.device("cpu"),
         hidden_size=128,
