@@ -117,6 +117,7 @@ def test_backpressure_drops_oldest_and_counts(tiny_adapter) -> None:
     run(main())
 
 
+@pytest.mark.slow
 def test_cancelled_answer_stops_and_frees_the_engine(tiny_adapter) -> None:
     async def main() -> None:
         config = _config(max_new_tokens=200)
