@@ -117,6 +117,7 @@ def test_backpressure_drops_oldest_and_counts(tiny_adapter) -> None:
     run(main())
 
 
+@pytest.mark.slow
 def test_cancelled_answer_stops_and_frees_the_engine(tiny_adapter) -> None:
     async def main() -> None:
         config = _config(max_new_tokens=200)
@@ -240,5 +241,55 @@ def test_a_frame_perception_fails_on_is_counted_not_lost(tiny_adapter) -> None:
         assert live.frames_dropped["failed"] == len(failed) == 2  # the frames that completed a step
         assert live.processed_frames + len(failed) == 4
         assert sum(e.type == "error" and e.code == "perception_failed" for e in events) == 2
+
+    run(main())
+
+
+@pytest.mark.parametrize("lossless", [True, False])
+def test_playing_a_real_clip_loses_no_frame_silently(tiny_adapter, real_clips, lossless: bool) -> None:
+    async def main() -> None:
+        config = _config()
+        orch = Orchestrator(HFEngine(tiny_adapter, config.engine), tiny_adapter, config)
+        live = await orch.create_session(config=_config(session={"frame_queue": 1}))
+        source = VideoFileSource(real_clips["bikes"], fps=2, end=4.0)
+        stamps = [t async for t in live.play(source, offset=10.0, lossless=lossless)]
+        await live.wait_idle(timeout=60)
+        assert stamps == pytest.approx([10.0 + t for t in (0.0, 0.52, 1.0, 1.52, 2.0, 2.52, 3.0, 3.52)])
+        assert source.end is not None and source.end.reason == "eof"
+        dropped = live.frames_dropped["backpressure"]
+        assert live.processed_frames + dropped == len(stamps)  # every frame processed or counted
+        assert dropped == 0 if lossless else dropped == sum(e.type == "frame_dropped" for e in live.events.since(0))
+        assert live.stream_t == pytest.approx(13.52) and live.last_frame_t == pytest.approx(13.52)
+        await orch.shutdown()
+
+    run(main())
+
+
+def test_a_batch_of_frames_is_queued_all_or_none(tiny_adapter) -> None:
+    import io
+
+    from PIL import Image
+
+    from assistant.sources import FrameTimeError, InvalidFrameError
+
+    buf = io.BytesIO()
+    Image.fromarray(_frame(5)).save(buf, format="PNG")
+
+    async def main() -> None:
+        config = _config()
+        orch = Orchestrator(HFEngine(tiny_adapter, config.engine), tiny_adapter, config)
+        live = await orch.create_session()
+        pushed = live.push_frames([(_frame(0), None), (_frame(1), None)])
+        assert pushed.accepted == 2 and pushed.t[0] <= live.clock() and pushed.t[1] == pytest.approx(pushed.t[0] + 0.5)
+        with pytest.raises(FrameTimeError, match="before the previous one"):
+            live.push_frames([(_frame(2), pushed.t[1] + 1), (_frame(3), 0.0)])
+        with pytest.raises(InvalidFrameError, match="frame 1: "):
+            await live.push_encoded([(buf.getvalue(), None), (b"\xff\xd8 not a jpeg", None)], max_pixels=1 << 20)
+        await live.wait_idle(timeout=60)
+        assert live.processed_frames == 2 and live.last_frame_t == pushed.t[1]
+        assert live.frames_dropped == {"backpressure": 0, "invalid": 0, "failed": 0}
+        await orch.shutdown()
+        with pytest.raises(SessionClosedError):
+            live.push_frames([(_frame(4), None)])
 
     run(main())

@@ -29,13 +29,13 @@ from assistant.sources import (
     FrameSource,
     InvalidFrameError,
     Pacer,
-    PushSource,
     SourceError,
     SourceNotFoundError,
     SourceOpenError,
     StreamSource,
     VideoFileSource,
     aiter_frames,
+    as_rgb,
     decode_image,
     open_source,
 )
@@ -436,7 +436,6 @@ def test_stream_arguments_are_checked_before_connecting() -> None:
 
 
 def test_open_source_dispatch(clip: Path) -> None:
-    assert isinstance(open_source("push"), PushSource)
     for spec in (str(clip), clip, f"file://{clip}"):
         source = open_source(spec, fps=2)
         assert isinstance(source, VideoFileSource) and len(list(source)) == 6
@@ -444,7 +443,7 @@ def test_open_source_dispatch(clip: Path) -> None:
         open_source("no/such/video.mp4")
 
 
-# --- pushed frames ---
+# --- still images ---
 
 
 def encode(image: np.ndarray, fmt: str, **params: object) -> bytes:
@@ -457,118 +456,49 @@ def solid(value: int, size: int = 16) -> np.ndarray:
     return np.full((size, size, 3), value, np.uint8)
 
 
-def test_push_from_a_producer_thread_to_a_consumer() -> None:
-    source = PushSource()
-    rgba = np.dstack([solid(70), np.zeros((16, 16), np.uint8)])
-    items: list[object] = [
-        *(solid(k * 40) for k in range(5)),
-        encode(solid(200), "JPEG", quality=95),
-        encode(solid(100), "PNG"),
-        encode(solid(50), "WEBP", lossless=True),
-        Image.fromarray(solid(30)),
-        rgba,
-        np.full((16, 16), 90, np.uint8),
+def test_encoded_images_and_arrays_become_rgb() -> None:
+    encoded = [
+        (encode(solid(200), "JPEG", quality=95), 200),
+        (encode(solid(100), "PNG"), 100),
+        (encode(solid(50), "WEBP", lossless=True), 50),
+        (encode(np.full((16, 16), 60, np.uint8), "PNG"), 60),  # a grey PNG
     ]
-    expected = [0, 40, 80, 120, 160, 200, 100, 50, 30, 70, 90]
-
-    def produce() -> None:
-        for k, item in enumerate(items):
-            assert source.push(item, t=k * 0.5)  # type: ignore[arg-type]
-            time.sleep(0.002)
-        source.close()
-
-    producer = threading.Thread(target=produce)
-    producer.start()
-    frames = list(source)
-    producer.join()
-    assert [f.t for f in frames] == [k * 0.5 for k in range(len(items))]
-    assert [f.source_index for f in frames] == [f.index for f in frames] == list(range(len(items)))
-    assert all(f.image.shape == (16, 16, 3) and f.image.flags.c_contiguous for f in frames)
-    assert all(abs(grey(f) - value) <= 2 for f, value in zip(frames, expected, strict=True))
-    assert source.end.reason == "closed" and source.end.frames_yielded == len(items)
-    assert (source.accepted, source.dropped, source.rejected) == (len(items), 0, 0)
-    assert source.push(solid(0)) is False
+    arrays = [
+        (solid(40), 40),
+        (np.dstack([solid(70), np.zeros((16, 16), np.uint8)]), 70),  # RGBA: alpha dropped
+        (np.full((16, 16), 90, np.uint8), 90),  # grey [H, W]
+        (np.full((16, 16, 1), 110, np.uint8), 110),  # grey [H, W, 1]
+    ]
+    images = [(decode_image(data), value) for data, value in encoded] + [(as_rgb(a), value) for a, value in arrays]
+    for image, value in images:
+        assert image.shape == (16, 16, 3) and image.dtype == np.uint8 and image.flags.c_contiguous
+        assert abs(round(float(image.mean())) - value) <= 2
 
 
-def test_push_rejects_bad_frames_and_keeps_working() -> None:
-    source = PushSource()
-    assert source.push(solid(10), t=1.0)
+def test_unusable_images_are_refused_with_the_reason() -> None:
     png = encode(solid(10), "PNG")
-    bad: list[tuple[object, float | None, str]] = [
-        (b"\x89PNG\r\n\x1a\n not really a png", 2.0, "not a decodable JPEG/PNG/WEBP image"),
-        (png[: len(png) // 2], 2.0, "not a decodable"),
-        (encode(solid(10), "JPEG")[:200], 2.0, "not a decodable"),
-        (encode(solid(10), "BMP"), 2.0, "not a decodable"),  # a format we do not accept
-        (b"", 2.0, "empty image data"),
-        (np.zeros((8, 8, 2), np.uint8), 2.0, r"expected an \[H, W, 3\]"),
-        (np.zeros((2, 8, 8, 3), np.uint8), 2.0, r"expected an \[H, W, 3\]"),
-        (np.zeros((0, 8, 3), np.uint8), 2.0, r"expected an \[H, W, 3\]"),
-        (np.zeros((8, 8, 3), np.float32), 2.0, "uint8"),
-        ([[0, 0, 0]], 2.0, "numpy arrays"),
-        (solid(10), float("nan"), "finite number"),
-        (solid(10), 0.5, "before the previous frame"),
+    bad_bytes = [
+        (b"\x89PNG\r\n\x1a\n not really a png", "not a decodable JPEG/PNG/WEBP image"),
+        (png[: len(png) // 2], "not a decodable"),
+        (encode(solid(10), "JPEG")[:200], "not a decodable"),
+        (encode(solid(10), "BMP"), "not a decodable"),  # a format we do not accept
+        (b"", "empty image data"),
     ]
-    for data, t, message in bad:
+    for data, message in bad_bytes:
         with pytest.raises(InvalidFrameError, match=message):
-            source.push(data, t=t)  # type: ignore[arg-type]
-    assert source.rejected == len(bad) and source.accepted == 1
-    assert source.push(png, t=2.0)
-    source.close()
-    assert [f.t for f in source] == [1.0, 2.0]
+            decode_image(data)
+    bad_arrays: list[tuple[object, str]] = [
+        (np.zeros((8, 8, 2), np.uint8), r"expected an \[H, W, 3\]"),
+        (np.zeros((2, 8, 8, 3), np.uint8), r"expected an \[H, W, 3\]"),
+        (np.zeros((0, 8, 3), np.uint8), r"expected an \[H, W, 3\]"),
+        (np.zeros((8, 8, 3), np.float32), "uint8"),
+        ([[0, 0, 0]], "numpy arrays"),
+    ]
+    for array, message in bad_arrays:
+        with pytest.raises(InvalidFrameError, match=message):
+            as_rgb(array)  # type: ignore[arg-type]
+    assert decode_image(png).shape == (16, 16, 3)  # a good image after bad ones
     assert issubclass(InvalidFrameError, ValueError)
-
-
-def test_push_copies_the_producers_buffer() -> None:
-    source = PushSource()
-    buffer = solid(5)
-    source.push(buffer, t=0.0)
-    buffer[:] = 250  # a webcam reusing its buffer
-    source.close()
-    assert grey(next(iter(source))) == 5
-
-
-def test_push_arrival_times() -> None:
-    source = PushSource()
-    for _ in range(3):
-        source.push(solid(1))
-        time.sleep(0.05)
-    source.close()
-    times = [f.t for f in source]
-    assert times[0] == 0.0 and times[1] >= 0.045 and times[2] >= times[1] + 0.045
-
-
-def test_push_backpressure_drops_the_oldest() -> None:
-    source = PushSource(max_queue=3)
-    for k in range(7):
-        assert source.push(solid(k), t=float(k))
-    source.close()
-    frames = list(source)
-    assert [f.t for f in frames] == [4.0, 5.0, 6.0]
-    assert [f.source_index for f in frames] == [4, 5, 6] and [f.index for f in frames] == [0, 1, 2]
-    assert (source.dropped, source.accepted) == (4, 7)
-    assert "4 dropped for backpressure" in source.end.message
-
-
-def test_close_ends_a_waiting_consumer() -> None:
-    source = PushSource()
-    got: list[Frame] = []
-    consumer = threading.Thread(target=lambda: got.extend(source))
-    consumer.start()
-    source.push(solid(1), t=0.0)
-    time.sleep(0.1)
-    source.close()
-    consumer.join(timeout=5)
-    assert not consumer.is_alive() and len(got) == 1 and source.end.reason == "closed"
-
-
-def test_push_sampling() -> None:
-    source = PushSource(fps=2)
-    for k in range(20):
-        source.push(solid(k), t=k / 10)
-    source.close()
-    assert [f.t for f in source] == [0.0, 0.5, 1.0, 1.5]
-    with pytest.raises(ValueError, match="max_queue"):
-        PushSource(max_queue=0)
 
 
 def png_declaring(width: int, height: int) -> bytes:
@@ -591,19 +521,14 @@ def test_decompression_bomb_is_rejected() -> None:
     Image.new("1", (6000, 6000)).save(buf, format="PNG")  # 36 Mpx in a few kB
     bomb = buf.getvalue()
     assert len(bomb) < 100_000
-    source = PushSource()
     with pytest.raises(InvalidFrameError, match="6000x6000 exceeds the limit of 16777216 pixels"):
-        source.push(bomb)
-    small = PushSource(max_pixels=100)
+        decode_image(bomb)
     with pytest.raises(InvalidFrameError, match="exceeds"):
-        small.push(Image.new("RGB", (20, 20)))
+        decode_image(encode(solid(3, 20), "PNG"), 100)
     with pytest.raises(InvalidFrameError, match="exceeds"):
-        small.push(np.zeros((20, 20, 3), np.uint8))
-    assert small.push(np.zeros((10, 10, 3), np.uint8)) and decode_image(encode(solid(3, 10), "PNG"), 100).shape == (
-        10,
-        10,
-        3,
-    )
+        as_rgb(np.zeros((20, 20, 3), np.uint8), 100)
+    assert as_rgb(np.zeros((10, 10, 3), np.uint8), 100).shape == (10, 10, 3)
+    assert decode_image(encode(solid(3, 10), "PNG"), 100).shape == (10, 10, 3)
 
 
 # --- asyncio ---
@@ -616,14 +541,8 @@ def test_aiter_frames_under_asyncio_run(clip: Path) -> None:
     assert asyncio.run(collect()) == pytest.approx([0.0, 1.0, 2.0])
 
 
-def test_aiter_frames_leaving_early_closes_the_source() -> None:
-    source = PushSource()
-
-    def produce() -> None:
-        k = 0
-        while source.push(solid(k % 256), t=k / 100):
-            k += 1
-            time.sleep(0.001)
+def test_aiter_frames_leaving_early_closes_the_source(clip: Path) -> None:
+    source = VideoFileSource(clip, pace="realtime")  # 3 s of frames at 10 fps
 
     async def take_three() -> list[Frame]:
         got = []
@@ -634,12 +553,13 @@ def test_aiter_frames_leaving_early_closes_the_source() -> None:
                     break
         return got
 
-    producer = threading.Thread(target=produce)
-    producer.start()
+    started = time.monotonic()
     got = asyncio.run(take_three())
-    producer.join(timeout=5)
-    assert [f.index for f in got] == [0, 1, 2] and not producer.is_alive()
-    assert source.push(solid(0)) is False
+    while source.end is None and time.monotonic() - started < 5:  # the worker thread ends its pass
+        time.sleep(0.01)
+    assert [f.index for f in got] == [0, 1, 2]
+    assert source.end is not None and source.end.reason == "closed" and source.end.frames_yielded < N
+    assert time.monotonic() - started < 2.0
 
 
 def test_aiter_frames_raises_source_errors() -> None:

@@ -1,0 +1,218 @@
+"""The one frame intake of a live session: decode, validate, stamp with the session clock, queue (bounded).
+
+Every frame a session gets passes here, whatever sent it (an API request, the browser app, a file played
+into the session): images become [H, W, 3] uint8 RGB within a pixel limit, times are finite, non-negative and
+in order, and the queue holds at most ``capacity`` frames, dropping the oldest (counted, with a FrameDropped
+event). A frame is either queued or counted as dropped with a reason; nothing is lost silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from assistant.errors import SessionClosedError
+from assistant.event_log import EventLog
+from assistant.events import FrameDropped
+from assistant.sources import DEFAULT_MAX_PIXELS, Frame, FrameTimeError, InvalidFrameError, as_rgb, decode_image
+
+DropReason = Literal["backpressure", "invalid", "failed"]
+
+
+@dataclass(frozen=True, slots=True)
+class FramesPushed:
+    """What became of the frames of one ``push_frames`` call."""
+
+    accepted: int
+    dropped: int
+    """Older queued frames dropped to make room (backpressure)."""
+    t: tuple[float, ...]
+    """Stream time given to each accepted frame."""
+    queued: int
+    """Frames waiting for perception afterwards."""
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedFrame:
+    """A frame waiting for perception, with the monotonic time it arrived (for the perception lag)."""
+
+    frame: Frame
+    arrived: float
+
+
+class FrameIntake:
+    """Decodes, validates, stamps and queues one session's frames; counts every frame it drops."""
+
+    def __init__(
+        self,
+        session_id: str,
+        events: EventLog,
+        *,
+        fps: float,
+        capacity: int,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> None:
+        self.session_id = session_id
+        self.events = events
+        self.fps = fps
+        self.capacity = capacity
+        self.max_pixels = max_pixels
+        self.dropped: dict[DropReason, int] = {"backpressure": 0, "invalid": 0, "failed": 0}
+        self.last_t: float | None = None
+        """Stream time of the newest queued frame (None before the first)."""
+        self.closed = False
+        self._queue: deque[QueuedFrame] = deque()
+        self._ready = asyncio.Event()  # a frame was queued (or the intake closed)
+        self._room = asyncio.Event()  # a frame was taken (or the intake closed)
+        self._index = 0
+        self._started = time.monotonic()
+
+    def clock(self) -> float:
+        """Seconds since the session started: the stream time of a frame sent without one."""
+        return time.monotonic() - self._started
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    # -- in ------------------------------------------------------------------------------------------------
+    def offer(self, image: np.ndarray | bytes, t: float | None = None) -> bool:
+        """Queue one frame of a stream (array or encoded bytes); False when it was unusable.
+
+        An unusable frame (unreadable image, bad time) is counted as dropped with reason ``invalid`` and
+        reported as a FrameDropped event saying why; the next frame is judged on its own.
+        """
+        self._check_open()
+        try:
+            rgb = self._decode(image, self.max_pixels)
+            (stamp,) = self._stamps([t])
+        except InvalidFrameError as exc:
+            self._drop("invalid", self._event_time(t), str(exc))
+            return False
+        self._enqueue([rgb], [stamp])
+        return True
+
+    def put(self, frames: Sequence[tuple[np.ndarray, float | None]]) -> FramesPushed:
+        """Queue decoded frames [H, W, 3] with their stream times, all or none.
+
+        Raises InvalidFrameError naming the first unusable image, FrameTimeError for an unusable time,
+        SessionClosedError when the session is closed.
+        """
+        self._check_open()
+        images = self._decode_all([image for image, _ in frames], self.max_pixels)
+        return self._enqueue(images, self._stamps([t for _, t in frames]))
+
+    async def put_encoded(self, frames: Sequence[tuple[bytes, float | None]], max_pixels: int) -> FramesPushed:
+        """Decode encoded images off the event loop (at most ``max_pixels`` each), then queue them, all or none.
+
+        Raises as ``put`` does; decoding errors name the frame (``frame i: ...``) when there are several.
+        """
+        self._check_open()
+        images = await asyncio.to_thread(self._decode_all, [data for data, _ in frames], max_pixels)
+        self._check_open()
+        return self._enqueue(images, self._stamps([t for _, t in frames]))
+
+    # -- out -----------------------------------------------------------------------------------------------
+    async def take(self) -> QueuedFrame | None:
+        """The oldest queued frame, waiting for one; None once the intake is closed."""
+        while not self._queue:
+            if self.closed:
+                return None
+            self._ready.clear()
+            await self._ready.wait()
+        queued = self._queue.popleft()
+        self._room.set()
+        return queued
+
+    async def wait_for_room(self) -> None:
+        """Wait until the queue has room (lossless playback of a file, instead of dropping)."""
+        while len(self._queue) >= self.capacity and not self.closed:
+            self._room.clear()
+            await self._room.wait()
+
+    def failed(self, frame: Frame) -> None:
+        """Count a frame perception raised on as dropped (reason ``failed``)."""
+        self._drop("failed", frame.t, f"frame {frame.index}")
+
+    def close(self) -> None:
+        """Refuse further frames; wake whoever waits for a frame or for room."""
+        self.closed = True
+        self._ready.set()
+        self._room.set()
+
+    # -- steps ---------------------------------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self.closed:
+            raise SessionClosedError(f"session {self.session_id} is closed")
+
+    @staticmethod
+    def _decode(image: np.ndarray | bytes, max_pixels: int) -> np.ndarray:
+        """Encoded bytes or an array -> [H, W, 3] uint8 RGB that no producer can change underneath us."""
+        if isinstance(image, bytes | bytearray | memoryview):
+            return decode_image(bytes(image), max_pixels)
+        rgb = as_rgb(image, max_pixels)
+        return rgb.copy() if np.may_share_memory(rgb, image) else rgb  # a producer may reuse its buffer
+
+    def _decode_all(self, images: Sequence[np.ndarray | bytes], max_pixels: int) -> list[np.ndarray]:
+        out = []
+        for i, image in enumerate(images):
+            try:
+                out.append(self._decode(image, max_pixels))
+            except InvalidFrameError as exc:
+                where = f"frame {i}: " if len(images) > 1 else ""
+                raise InvalidFrameError(f"{where}{exc}") from None
+        return out
+
+    def _stamps(self, times: Iterable[float | None]) -> list[float]:
+        """Stream times for frames after the newest queued one; a missing time gets max(clock, previous + 1/fps)."""
+        last, stamps = self.last_t, []
+        for t in times:
+            if t is None:
+                stamp = self.clock() if last is None else max(self.clock(), last + 1.0 / self.fps)
+            else:
+                stamp = _finite_time(t)
+                if last is not None and stamp < last:
+                    raise FrameTimeError(f"frame time {stamp:.3f} s is before the previous one ({last:.3f} s)")
+            stamps.append(stamp)
+            last = stamp
+        return stamps
+
+    def _enqueue(self, images: Sequence[np.ndarray], stamps: Sequence[float]) -> FramesPushed:
+        dropped = 0
+        for rgb, t in zip(images, stamps, strict=True):
+            if len(self._queue) >= self.capacity:
+                old = self._queue.popleft().frame
+                self._drop("backpressure", old.t, f"frame {old.index}")
+                dropped += 1
+            self._queue.append(QueuedFrame(Frame(self._index, t, rgb, self._index), time.monotonic()))
+            self._index += 1
+            self.last_t = t
+        self._ready.set()
+        return FramesPushed(len(stamps), dropped, tuple(stamps), len(self._queue))
+
+    def _drop(self, reason: DropReason, t: float, detail: str) -> None:
+        self.dropped[reason] += 1
+        self.events.emit(FrameDropped, t, reason=reason, detail=detail)
+
+    def _event_time(self, t: object) -> float:
+        """The stream time to report a refused frame at: its own when usable, else the newest frame's."""
+        try:
+            return _finite_time(t)  # type: ignore[arg-type]
+        except FrameTimeError:
+            return self.last_t if self.last_t is not None else 0.0
+
+
+def _finite_time(t: float) -> float:
+    """``t`` as seconds, or FrameTimeError when it is not a finite number >= 0."""
+    if isinstance(t, bool) or not isinstance(t, int | float | np.integer | np.floating):
+        raise FrameTimeError(f"frame time must be a finite number >= 0, got {t!r}")
+    stamp = float(t)
+    if not math.isfinite(stamp) or stamp < 0:
+        raise FrameTimeError(f"frame time must be a finite number >= 0, got {t}")
+    return stamp
