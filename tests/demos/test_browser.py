@@ -58,9 +58,9 @@ def text_of(driver, elem_id: str) -> str:
     return found[0].text if found else ""
 
 
-def tab_session(app: RunningApp, owners_before: set[str]):
-    """The session a newly opened tab got (the one whose owner was not there before)."""
-    fresh = [ui for ui in list(app.registry.sessions.values()) if ui.owner and ui.owner not in owners_before]
+def tab_session(app: RunningApp, tabs_before: set[str]):
+    """The session a newly opened tab got (the one whose tab was not there before)."""
+    fresh = [ui for ui in list(app.registry.sessions.values()) if ui.tab and ui.tab not in tabs_before]
     return fresh[0] if len(fresh) == 1 else None
 
 
@@ -159,11 +159,11 @@ def test_live_chat_in_a_real_browser(browser_app: RunningApp, camera_y4m: Path, 
 
         # a second tab is a second, independent session; closing it ends that session only
         first_tab = driver.current_window_handle
-        owners = {u.owner for u in app.registry.sessions.values()}
+        tabs = {u.tab for u in app.registry.sessions.values()}
         driver.switch_to.new_window("tab")
         driver.get(app.url)
         wait(driver, lambda d: "Session started" in text_of(d, "vigil-chat"), 60, "the second tab got no session")
-        other = wait(driver, lambda d: tab_session(app, owners), 10, "no session for the second tab")
+        other = wait(driver, lambda d: tab_session(app, tabs), 10, "no session for the second tab")
         assert other.live.session_id != ui.live.session_id and other.live.processed_frames == 0
         assert "Scene change" not in text_of(driver, "vigil-chat")
         driver.close()

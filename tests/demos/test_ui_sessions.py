@@ -19,9 +19,13 @@ from assistant.events import (
     TriggerFired,
 )
 from assistant.orchestrator import Orchestrator
-from demos.gradio_app import figures, model_banner, stats_markdown, status_banner
-from demos.ui_sessions import SessionRegistry, SessionSettings, UiError, UiSession, make_settings
+from demos.errors import UiError
+from demos.registry import SessionRegistry
+from demos.settings import SessionSettings, make_settings
+from demos.ui_sessions import UiSession
+from demos.views import figures, model_banner, stats_markdown, status_banner
 from serving.engines.hf import HFEngine
+from serving.service import VigilService
 
 BASE = VigilConfig(memory={"budget_tokens": 2048}, engine={"max_new_tokens": 8})
 
@@ -108,26 +112,27 @@ def test_banners_for_the_test_model_and_an_unavailable_engine(tiny_model_dir) ->
 def test_tabs_end_on_close_or_when_they_go_quiet(tiny_adapter) -> None:
     async def main() -> None:
         orchestrator = Orchestrator(HFEngine(tiny_adapter, BASE.engine), tiny_adapter, BASE)
-        registry = SessionRegistry(orchestrator, BASE, idle_timeout_s=60)
-        settings, config = make_settings(BASE, 2, None, 2048, "scene")
-        first = await registry.open(settings, config, owner="tab-1")
-        second = await registry.open(settings, config, owner="tab-2")
-        api = await registry.open(settings, config, owner=None)
+        service = VigilService(BASE, orchestrator)
+        registry = SessionRegistry(service, idle_timeout_s=60)
+        settings, _ = make_settings(BASE, 2, None, 2048, "scene")
+        first = await registry.open(settings, tab="tab-1")
+        second = await registry.open(settings, tab="tab-2")
+        api = await registry.open(settings, tab=None)
         assert len(orchestrator.sessions) == 3 and first.live.session_id != second.live.session_id
         frame = np.full((112, 112, 3), 128, np.uint8)
-        assert first.push(frame, camera=True) == "accepted"
-        assert first.push(frame, camera=True) == "skipped"  # thinned to 2 fps
+        assert await first.push(frame, camera=True) == "accepted"
+        assert await first.push(frame, camera=True) == "skipped"  # thinned to 2 fps
         with pytest.raises(UiError, match="frame rejected: not a decodable"):
-            first.push(b"junk", t=5.0)
+            await first.push(b"junk", t=5.0)
 
-        assert await registry.close_owner("tab-1") == 1
+        assert await registry.close_tab("tab-1") == 1
         assert first.live.closed and first.ended == "tab closed" and first.ui_id not in registry.sessions
         with pytest.raises(UiError, match="has ended \\(tab closed\\)"):
-            first.ask("still there?", 100)
+            await first.ask("still there?")
 
-        new_settings, new_config = make_settings(BASE, 1, 0.9, 1024, "off")
+        new_settings, _ = make_settings(BASE, 1, 0.9, 1024, "off")
         old_live = second.live
-        await registry.restart(second, new_settings, new_config)
+        await registry.restart(second, new_settings)
         assert (
             old_live.closed and second.live is not old_live and second.live.session.config.memory.budget_tokens == 1024
         )
@@ -138,7 +143,7 @@ def test_tabs_end_on_close_or_when_they_go_quiet(tiny_adapter) -> None:
         assert second.live.closed and second.ended == "idle timeout" and list(registry.sessions) == [api.ui_id]
         await registry.close_all()
         assert not registry.sessions and not orchestrator.sessions and registry.loop is None
-        await orchestrator.shutdown()
+        await service.stop()
 
     asyncio.run(main())
 
