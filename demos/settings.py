@@ -127,8 +127,10 @@ def make_settings(
     max_fps = config.server.limits.max_fps
     if fps > max_fps:
         raise UiError(f"fps must be at most {max_fps:g} (server limit), got {fps:g}")
+    # validated once, as the whole config they give: a problem names its place there (``perception.fps: ...``)
+    options = SessionOptions.model_construct(fps=fps, drop_threshold=threshold, budget_tokens=budget)
     try:
-        session_config = SessionOptions(fps=fps, drop_threshold=threshold, budget_tokens=budget).apply(config)
+        session_config = options.apply(config)
     except ValidationError as exc:
         raise UiError(f"invalid settings: {format_validation_error(exc)}") from None
     settings = SessionSettings(fps, threshold, budget, proactive, instructions)

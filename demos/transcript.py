@@ -88,7 +88,7 @@ class Transcript:
         self.messages.append(ChatMessage("assistant", self.stream_time(), text, kind))
         self._changed()
 
-    def restart(self) -> None:
+    def start_over(self) -> None:
         """Start over for a new live session: figures and event cursor reset, the chat stays."""
         self.cursor = 0
         self._by_answer.clear()

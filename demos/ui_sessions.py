@@ -73,7 +73,7 @@ class UiSession(Transcript):
         self.live, self.settings, self.config = hosted.live, settings, hosted.config
         self._last_push = None
         self._next_due = None
-        self.restart()
+        self.start_over()
 
     async def hosted(self) -> Hosted:
         """The tab's session as the service holds it (UiError when it ended or the service refuses)."""

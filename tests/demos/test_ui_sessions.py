@@ -157,3 +157,40 @@ def test_fake_camera_clip_is_c420_y4m_of_the_real_frames(camera_frames, y4m_writ
     for original, back in zip(camera_frames[:12], decoded, strict=True):
         assert np.abs(original.astype(int) - back).mean() < 4  # colour conversion and 4:2:0 only
     assert np.abs(camera_frames[39].astype(int) - camera_frames[40]).mean() > 30  # the hard cut at 4 s
+
+
+def test_tab_sessions_are_service_sessions_under_its_limits(tiny_adapter, camera_frames) -> None:
+    import io
+
+    from PIL import Image
+
+    from serving.auth import ANONYMOUS
+
+    config = VigilConfig(**BASE.model_dump(exclude={"server"}), server={"limits": {"max_sessions_per_key": 2}})
+    buffer = io.BytesIO()
+    Image.fromarray(camera_frames[0]).save(buffer, format="JPEG")
+
+    async def main() -> None:
+        service = VigilService(config, Orchestrator(HFEngine(tiny_adapter, config.engine), tiny_adapter, config))
+        registry = SessionRegistry(service, idle_timeout_s=60)
+        settings, _ = make_settings(config, 2, None, 1024, "off")
+        first = await registry.open(settings, tab="tab-1")
+        listed = await service.list(ANONYMOUS)
+        assert [v.id for v in listed] == [first.live.session_id] and listed[0].options["budget_tokens"] == 1024
+        assert await first.push(buffer.getvalue(), t=0.0) == "accepted"
+        assert service.hosted[first.live.session_id].frames_in == 1  # counted by the service
+
+        second = await registry.open(settings, tab="tab-2")
+        with pytest.raises(UiError, match="this API key has 2 open sessions; close one first"):
+            await registry.open(settings, tab="tab-3")
+        assert len(registry.sessions) == 2 and not first.live.closed and not second.live.closed
+
+        assert await registry.close_tab("tab-1") == 1
+        assert [v.id for v in await service.list(ANONYMOUS)] == [second.live.session_id]
+        third = await registry.open(settings, tab="tab-3")  # room again
+        assert third.live.session_id in service.hosted
+        await registry.close_all()
+        assert not service.hosted and await service.list(ANONYMOUS) == []
+        await service.stop()
+
+    asyncio.run(main())
