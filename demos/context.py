@@ -16,11 +16,13 @@ from demos.errors import UiError
 from demos.login import KeyLogin
 from demos.registry import SessionRegistry
 from demos.settings import SessionSettings
-from demos.ui_sessions import STREAM_URL_SCHEMES, UiSession
+from demos.ui_sessions import UiSession
 from serving.auth import ANONYMOUS
 from serving.service import VigilService
 
 ANSWER_TIMEOUT_S = 120.0
+STREAM_URL_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "rtmps://", "http://", "https://", "srt://", "udp://")
+"""What a tab may enter as a stream URL (played only under an allowed prefix)."""
 
 
 @contextlib.contextmanager

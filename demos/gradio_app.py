@@ -19,13 +19,12 @@ from typing import Any
 import gradio as gr
 
 from assistant.config import VigilConfig
-from demos.context import AppContext
+from demos.context import STREAM_URL_SCHEMES, AppContext
 from demos.endpoints import wire_endpoints
 from demos.layout import build_page
 from demos.login import KeyLogin
 from demos.page import wire_page
 from demos.registry import SessionRegistry
-from demos.ui_sessions import STREAM_URL_SCHEMES
 from demos.views import model_banner
 from serving.service import VigilService
 
@@ -86,6 +85,17 @@ def mount(app: Any, service: VigilService, config: VigilConfig, keys: Any) -> No
     login = KeyLogin(keys) if keys.enabled else None
     demo = build_app(service, config, model_name=config.model.name, login=login)
     gr.mount_gradio_app(app, demo, path="/ui", auth=login)
+    served = app.router.lifespan_context
+
+    @contextlib.asynccontextmanager
+    async def lifespan(server: Any) -> AsyncIterator[Any]:
+        async with served(server) as state:
+            try:
+                yield state
+            finally:  # the tabs' sessions and reaper end before the service stops
+                await sessions_of(demo).close_all()
+
+    app.router.lifespan_context = lifespan
 
 
 def _is_loopback(host: str) -> bool:

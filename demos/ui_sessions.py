@@ -32,7 +32,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PushResult = Literal["accepted", "skipped", "paused"]
-STREAM_URL_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "rtmps://", "http://", "https://", "srt://", "udp://")
 REFUSED_FRAME_CODES = ("invalid_frame", "invalid_time")
 
 
@@ -134,13 +133,12 @@ class UiSession(Transcript):
             raise UiError(f"frame rejected: frame time must be >= 0, got {t:g}")
         live = self.require_live()
         try:
-            pushed = await self.service.push_frames(self.owner, live.session_id, [(data, t)])
+            await self.service.push_frames(self.owner, live.session_id, [(data, t)])
         except ServiceError as exc:
             if exc.code in REFUSED_FRAME_CODES:
                 raise UiError(f"frame rejected: {self._count_refused(data, t, exc)}") from None
             raise UiError(exc.message) from None
-        stamps = pushed["t"] if isinstance(pushed, dict) else pushed.t
-        self._last_push = stamps[-1]
+        self._last_push = live.last_frame_t
         return "accepted"
 
     def _count_refused(self, data: bytes, t: float | None, refusal: ServiceError) -> str:

@@ -36,4 +36,3 @@ def test_tabs_idle_out_after_the_configured_ui_timeout(tiny_adapter) -> None:
     config = VigilConfig(server={"ui_idle_timeout_s": 45})
     service = VigilService(config, Orchestrator(HFEngine(tiny_adapter, config.engine), tiny_adapter, config))
     assert sessions_of(build_app(service, config)).idle_timeout_s == 45
-    assert sessions_of(build_app(service, config, idle_timeout_s=5)).idle_timeout_s == 5

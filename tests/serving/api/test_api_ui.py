@@ -95,3 +95,18 @@ def test_tab_sessions_belong_to_the_login_key_and_its_session_limit(start_server
         assert _live_ids(theirs.get("/v1/sessions")) == {second["live_session_id"]}
         # a user name belongs to the key that first logged in with it
         assert theirs.post("/ui/login", data={"username": "alice", "password": keys[1]}).status_code >= 400
+
+
+def test_tab_sessions_end_when_the_server_stops(start_server: Any) -> None:
+    from gradio_client import Client
+
+    server = start_server(server={"ui": True})
+    started = Client(server.url + "/ui/", verbose=False).predict(2.0, None, 512, "off", "", api_name="/start_session")
+    live = server.service.orchestrator.sessions[started["live_session_id"]]
+    ui_app = next(route.app for route in server.app.routes if getattr(route, "path", "") == "/ui")
+    registry = ui_app.get_blocks().vigil_sessions
+    assert list(registry.sessions) == [started["session_id"]]
+    server.background.stop()
+    assert live.closed and live.events.since(0)[-1].reason == "shutdown"
+    assert not registry.sessions and registry.loop is None  # the app's sessions and reaper ended first
+    assert not server.service.hosted and not server.service.orchestrator.sessions
