@@ -84,12 +84,12 @@ def wire_sessions(ctx: AppContext, io: EndpointIO) -> None:
         with shown_as_gradio_error():
             settings, _ = make_settings(ctx.config, fps, drop_threshold, budget_tokens, proactive, instructions)
             ui = await ctx.open(settings, request)
-        return ui.stats()
+        return ui.stats().to_dict()
 
     async def stats(session_id: str) -> dict[str, Any]:
         ui = ctx.lookup(session_id)
         ui.sync()
-        return ui.stats()
+        return ui.stats().to_dict()
 
     async def end_session(session_id: str) -> dict[str, Any]:
         return {"closed": await ctx.registry.close(session_id or "", "ended by client")}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -22,6 +23,7 @@ from assistant.orchestrator import LiveSession
 from assistant.sources import DEFAULT_MAX_PIXELS, FrameTimeError, InvalidFrameError, SourceError, open_source
 from demos.errors import UiError
 from demos.settings import SessionSettings, number, parse_instructions
+from demos.tab_stats import LiveFigures, TabStats
 from demos.transcript import Transcript
 from serving.auth import ANONYMOUS
 from serving.service import Hosted, ServiceError
@@ -277,42 +279,35 @@ class UiSession(Transcript):
         return True
 
     # -- figures -----------------------------------------------------------------------------------------
-    def stats(self) -> dict[str, Any]:
-        """JSON-ready figures of the current live session."""
-        out: dict[str, Any] = {
-            "session_id": self.ui_id,
-            "live_session_id": self.live.session_id if self.live else None,
-            "settings": self.settings.view() if self.settings is not None else None,
-            "ended": self.ended,
-            "error": self.error,
-            "playing": self.playing,
-        }
+    def stats(self) -> TabStats:
+        """The figures of the current live session."""
+        head = TabStats(
+            self.ui_id, self.live.session_id if self.live else None, self.settings, self.ended, self.error, self.playing
+        )
         if self.live is None:
-            return out
+            return head
         live = self.live
         stats = live.session.stats()
         dropped = dict(live.frames_dropped)
         total = live.processed_frames + sum(dropped.values())
-        out.update(
-            {
-                "stream_t": round(live.stream_t, 3),
-                "processed_frames": live.processed_frames,
-                "frames_dropped": dropped,
-                "frame_drop_share": round(sum(dropped.values()) / total, 4) if total else 0.0,
-                "steps": stats.steps,
-                "tokens_seen": stats.tokens_seen,
-                "tokens_kept": stats.tokens_kept,
-                "drop_ratio": round(stats.weighted_drop_ratio, 4),
-                "memory_tokens": stats.memory_tokens,
-                "memory_budget": stats.memory_budget,
-                "archived_entries": stats.archived_entries,
-                "answers": len(self.latency),
-                "last_ttft_s": round(self.latency[-1][1], 4) if self.latency else None,
-                "last_total_s": round(self.latency[-1][2], 4) if self.latency else None,
-                "last_seq": self.cursor,
-            }
+        figures = LiveFigures(
+            stream_t=round(live.stream_t, 3),
+            processed_frames=live.processed_frames,
+            frames_dropped=dropped,
+            frame_drop_share=round(sum(dropped.values()) / total, 4) if total else 0.0,
+            steps=stats.steps,
+            tokens_seen=stats.tokens_seen,
+            tokens_kept=stats.tokens_kept,
+            drop_ratio=round(stats.weighted_drop_ratio, 4),
+            memory_tokens=stats.memory_tokens,
+            memory_budget=stats.memory_budget,
+            archived_entries=stats.archived_entries,
+            answers=len(self.latency),
+            last_ttft_s=round(self.latency[-1][1], 4) if self.latency else None,
+            last_total_s=round(self.latency[-1][2], 4) if self.latency else None,
+            last_seq=self.cursor,
         )
-        return out
+        return dataclasses.replace(head, live=figures)
 
 
 def _consume(future: asyncio.Future) -> None:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import html
-from typing import Any
 
 import pandas as pd
 
+from demos.tab_stats import TabStats
 from demos.transcript import Transcript
 from demos.ui_sessions import UiSession
 
@@ -57,21 +57,22 @@ def status_banner(ui: UiSession | None, problem: str | None = None) -> str:
     return ""
 
 
-def stats_markdown(stats: dict[str, Any]) -> str:
+def stats_markdown(stats: TabStats) -> str:
     """One line of live numbers for the panel."""
-    if "processed_frames" not in stats:
+    live = stats.live
+    if live is None:
         return "No session."
-    dropped = stats["frames_dropped"]
+    dropped = live.frames_dropped
     reasons = ", ".join(f"{k} {v}" for k, v in dropped.items() if v) or "none"
     latency = (
-        f"first token **{stats['last_ttft_s']:.2f} s**, total **{stats['last_total_s']:.2f} s**"
-        if stats["last_ttft_s"] is not None
+        f"first token **{live.last_ttft_s:.2f} s**, total **{live.last_total_s:.2f} s**"
+        if live.last_ttft_s is not None
         else "no answer yet"
     )
     return (
-        f"Stream **{stats['stream_t']:.1f} s** · frames processed **{stats['processed_frames']}**, "
-        f"dropped **{sum(dropped.values())}** ({reasons}) · tokens dropped **{stats['drop_ratio']:.0%}** · "
-        f"memory **{stats['memory_tokens']} / {stats['memory_budget']}** tokens · last answer: {latency}"
+        f"Stream **{live.stream_t:.1f} s** · frames processed **{live.processed_frames}**, "
+        f"dropped **{sum(dropped.values())}** ({reasons}) · tokens dropped **{live.drop_ratio:.0%}** · "
+        f"memory **{live.memory_tokens} / {live.memory_budget}** tokens · last answer: {latency}"
     )
 
 

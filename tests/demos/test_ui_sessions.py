@@ -106,7 +106,7 @@ def test_banners_for_the_test_model_and_an_unavailable_engine(tiny_model_dir) ->
     assert "the engine is unavailable" in status_banner(None)
     assert 'id="vigil-error-banner"' in status_banner(None, "Engine unavailable: <boom>")
     assert "&lt;boom&gt;" in status_banner(None, "Engine unavailable: <boom>")  # escaped
-    assert stats_markdown({"session_id": "u"}) == "No session."
+    assert stats_markdown(UiSession("u", None).stats()) == "No session."
 
 
 def test_tabs_end_on_close_or_when_they_go_quiet(tiny_adapter) -> None:
