@@ -15,7 +15,7 @@ import numpy as np
 
 from demos.assets import camera_js
 from demos.context import ANSWER_TIMEOUT_S, AppContext, shown_as_gradio_error
-from demos.errors import UiError
+from demos.errors import SessionRefused, UiError
 from demos.layout import Page
 from demos.settings import make_settings
 from demos.views import BANNER_STYLE, banner, figures, stats_markdown, status_banner
@@ -50,6 +50,8 @@ def wire_session(demo: gr.Blocks, ctx: AppContext, page: Page) -> None:
         )
         try:
             ui = await ctx.open(settings, request)
+        except SessionRefused as exc:
+            return None, [], status_banner(None, f"No session: {exc}. Reload the page to try again.")
         except UiError as exc:
             return None, [], status_banner(None, f"Engine unavailable: {exc}. Reload the page to try again.")
         ui.sync()

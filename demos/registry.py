@@ -9,7 +9,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from demos.errors import UiError
+from demos.errors import SessionRefused, UiError
 from demos.settings import SessionSettings
 from demos.ui_sessions import UiSession
 from serving.auth import ANONYMOUS
@@ -58,7 +58,7 @@ class SessionRegistry:
         try:
             view = await self.service.create(ui.owner, settings.spec())
         except ServiceError as exc:  # a limit (sessions per key, per worker) or options the model cannot take
-            raise UiError(exc.message) from None
+            raise (SessionRefused if exc.status in (429, 503) else UiError)(exc.message) from None
         except Exception as exc:
             log.warning("could not start a session: %s", exc)
             raise UiError(f"the engine could not start a session: {exc}") from None

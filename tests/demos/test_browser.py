@@ -268,3 +268,28 @@ def test_vigil_demo_serves_the_app(vigil_home, camera_frames, tmp_path) -> None:
     output = log.read_text()
     assert f"the live-video chat app is at http://127.0.0.1:{port}/" in output
     assert "vigil: stopped (" in output  # sessions and engine were shut down on the way out
+
+
+def test_a_tab_over_the_session_limit_says_so(tiny_adapter, app_server, app_stopper) -> None:
+    """Tabs are service sessions: past the per-key limit a new tab gets no session and a banner that says why."""
+    from assistant.config import VigilConfig
+
+    config = VigilConfig(**app_config().model_dump(exclude={"server"}), server={"limits": {"max_sessions_per_key": 1}})
+    app = app_server(tiny_adapter, config)
+    driver = chrome()
+    try:
+        driver.get(app.url)
+        wait(driver, lambda d: "Session started" in text_of(d, "vigil-chat"), 60, "the first tab got no session")
+        first = wait(driver, lambda d: tab_session(app, set()), 10, "no session for the first tab")
+        driver.switch_to.new_window("tab")
+        driver.get(app.url)
+        wait(
+            driver,
+            lambda d: "No session: this API key has 1 open sessions" in text_of(d, "vigil-error-banner"),
+            60,
+            "the refused tab shows no reason",
+        )
+        assert list(app.registry.sessions.values()) == [first] and not first.live.closed
+    finally:
+        driver.quit()
+        app_stopper(app)

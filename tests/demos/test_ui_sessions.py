@@ -19,7 +19,7 @@ from assistant.events import (
     TriggerFired,
 )
 from assistant.orchestrator import Orchestrator
-from demos.errors import UiError
+from demos.errors import SessionRefused, UiError
 from demos.registry import SessionRegistry
 from demos.settings import SessionSettings, make_settings
 from demos.ui_sessions import UiSession
@@ -181,7 +181,7 @@ def test_tab_sessions_are_service_sessions_under_its_limits(tiny_adapter, camera
         assert service.hosted[first.live.session_id].frames_in == 1  # counted by the service
 
         second = await registry.open(settings, tab="tab-2")
-        with pytest.raises(UiError, match="this API key has 2 open sessions; close one first"):
+        with pytest.raises(SessionRefused, match="this API key has 2 open sessions; close one first"):
             await registry.open(settings, tab="tab-3")
         assert len(registry.sessions) == 2 and not first.live.closed and not second.live.closed
 
