@@ -51,6 +51,7 @@ class AppContext:
 
     @property
     def defaults(self) -> SessionSettings:
+        """The settings a new tab starts with."""
         return SessionSettings.defaults(self.config)
 
     def owner(self, request: gr.Request | None) -> str:

@@ -81,17 +81,20 @@ def wire_sessions(ctx: AppContext, io: EndpointIO) -> None:
     async def start_session(
         fps: Any, drop_threshold: Any, budget_tokens: Any, proactive: str, instructions: str, request: gr.Request
     ) -> dict[str, Any]:
+        """Start a session with these settings; returns its stats (whose session_id the others take)."""
         with shown_as_gradio_error():
             settings, _ = make_settings(ctx.config, fps, drop_threshold, budget_tokens, proactive, instructions)
             ui = await ctx.open(settings, request)
         return ui.stats().to_dict()
 
     async def stats(session_id: str) -> dict[str, Any]:
+        """The session's settings, state and live figures."""
         ui = ctx.lookup(session_id)
         ui.sync()
         return ui.stats().to_dict()
 
     async def end_session(session_id: str) -> dict[str, Any]:
+        """End the session; closed is False when there was none."""
         return {"closed": await ctx.registry.close(session_id or "", "ended by client")}
 
     settings_in = [io.fps, io.threshold, io.budget, io.proactive, io.instructions]
@@ -104,6 +107,7 @@ def wire_stream(ctx: AppContext, io: EndpointIO) -> None:
     """push_frame, ask and events."""
 
     async def push_frame(session_id: str, frame: str | None, t: Any) -> dict[str, Any]:
+        """Queue one JPEG/PNG/WebP frame at stream time t (empty: the session clock)."""
         ui = ctx.lookup(session_id)
         with shown_as_gradio_error():
             status = await ui.push(ctx.read_frame(frame), None if t in (None, "") else t)
@@ -116,6 +120,7 @@ def wire_stream(ctx: AppContext, io: EndpointIO) -> None:
         }
 
     async def ask(session_id: str, question: str) -> dict[str, Any]:
+        """Ask about the stream now; returns the whole answer with its latency and token counts."""
         ui = ctx.lookup(session_id)
         with shown_as_gradio_error():
             answer_id, done = await ui.ask(question, **ctx.answer_options)
@@ -129,6 +134,7 @@ def wire_stream(ctx: AppContext, io: EndpointIO) -> None:
             raise gr.Error(exc.message) from None
 
     async def events(session_id: str, after: Any) -> dict[str, Any]:
+        """The session's events after sequence number ``after`` (up to 1000)."""
         ui = ctx.lookup(session_id)
         try:
             cursor = 0.0 if after in (None, "") else float(after)
@@ -153,12 +159,14 @@ def wire_controls(ctx: AppContext, io: EndpointIO) -> None:
     """add_instruction, play and stop."""
 
     async def add_instruction(session_id: str, text: str) -> dict[str, Any]:
+        """Watch for a standing instruction from now on."""
         ui = ctx.lookup(session_id)
         with shown_as_gradio_error():
             instruction = await ui.add_instruction(text)
         return {"instruction": instruction, "instructions": list(ui.settings.instructions)}
 
     async def play(session_id: str, upload: str | None, url: str | None) -> dict[str, Any]:
+        """Play an uploaded video file or an allowed stream URL into the session as live."""
         ui = ctx.lookup(session_id)
         with shown_as_gradio_error():
             spec, label = ctx.playable(url, upload)
@@ -166,6 +174,7 @@ def wire_controls(ctx: AppContext, io: EndpointIO) -> None:
         return {"playing": ui.playing}
 
     async def stop(session_id: str) -> dict[str, Any]:
+        """Stop what is playing; stopped is False when nothing was."""
         return {"stopped": await ctx.lookup(session_id).stop_playback()}
 
     io.button.click(add_instruction, [io.session, io.text], io.out, api_name="add_instruction", **PLAIN)

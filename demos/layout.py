@@ -49,6 +49,8 @@ class SettingsForm:
 
 @dataclass(frozen=True, slots=True)
 class Chat:
+    """The chat and the question box."""
+
     chatbot: gr.Chatbot
     question: gr.Textbox
     send: gr.Button
@@ -65,6 +67,7 @@ class Panel:
 
     @property
     def outputs(self) -> list[Any]:
+        """The components a redraw of the panel updates, in order."""
         return [self.drops, self.memory, self.latency, self.numbers]
 
 
