@@ -17,6 +17,7 @@ import pytest
 from assistant.config import VigilConfig
 from assistant.orchestrator import Orchestrator
 from serving.engines.hf import HFEngine
+from serving.service import VigilService
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -100,7 +101,11 @@ def app_config(**engine: object) -> VigilConfig:
 class RunningApp:
     url: str
     demo: object
-    orchestrator: Orchestrator
+    service: VigilService
+
+    @property
+    def orchestrator(self) -> Orchestrator:
+        return self.service.orchestrator
 
     @property
     def registry(self):
@@ -114,23 +119,24 @@ class RunningApp:
 
 
 def serve_app(adapter: object, config: VigilConfig, engine: object | None = None, **kwargs: object) -> RunningApp:
-    """Build the app for a fresh orchestrator and launch it on a free loopback port (not blocking)."""
+    """Build the app for a fresh service and orchestrator and launch it on a free loopback port (not blocking)."""
     from demos.gradio_app import build_app
 
     orchestrator = Orchestrator(engine or HFEngine(adapter, config.engine), adapter, config)
-    demo = build_app(orchestrator, config, **kwargs)
+    service = VigilService(config, orchestrator)
+    demo = build_app(service, config, **kwargs)
     port = free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    return RunningApp(f"http://127.0.0.1:{port}/", demo, orchestrator)
+    return RunningApp(f"http://127.0.0.1:{port}/", demo, service)
 
 
 def stop_app(app: RunningApp) -> None:
-    """Close every session and the engine on the app's loop, then the server."""
+    """Close every session, the service and the engine on the app's loop, then the server."""
     if app.registry.loop is not None:
 
         async def shutdown() -> None:
             await app.registry.close_all()
-            await app.orchestrator.shutdown()
+            await app.service.stop()
 
         app.run(shutdown())
     app.demo.close()

@@ -58,9 +58,9 @@ def text_of(driver, elem_id: str) -> str:
     return found[0].text if found else ""
 
 
-def tab_session(app: RunningApp, owners_before: set[str]):
-    """The session a newly opened tab got (the one whose owner was not there before)."""
-    fresh = [ui for ui in list(app.registry.sessions.values()) if ui.owner and ui.owner not in owners_before]
+def tab_session(app: RunningApp, tabs_before: set[str]):
+    """The session a newly opened tab got (the one whose tab was not there before)."""
+    fresh = [ui for ui in list(app.registry.sessions.values()) if ui.tab and ui.tab not in tabs_before]
     return fresh[0] if len(fresh) == 1 else None
 
 
@@ -159,11 +159,11 @@ def test_live_chat_in_a_real_browser(browser_app: RunningApp, camera_y4m: Path, 
 
         # a second tab is a second, independent session; closing it ends that session only
         first_tab = driver.current_window_handle
-        owners = {u.owner for u in app.registry.sessions.values()}
+        tabs = {u.tab for u in app.registry.sessions.values()}
         driver.switch_to.new_window("tab")
         driver.get(app.url)
         wait(driver, lambda d: "Session started" in text_of(d, "vigil-chat"), 60, "the second tab got no session")
-        other = wait(driver, lambda d: tab_session(app, owners), 10, "no session for the second tab")
+        other = wait(driver, lambda d: tab_session(app, tabs), 10, "no session for the second tab")
         assert other.live.session_id != ui.live.session_id and other.live.processed_frames == 0
         assert "Scene change" not in text_of(driver, "vigil-chat")
         driver.close()
@@ -268,3 +268,28 @@ def test_vigil_demo_serves_the_app(vigil_home, camera_frames, tmp_path) -> None:
     output = log.read_text()
     assert f"the live-video chat app is at http://127.0.0.1:{port}/" in output
     assert "vigil: stopped (" in output  # sessions and engine were shut down on the way out
+
+
+def test_a_tab_over_the_session_limit_says_so(tiny_adapter, app_server, app_stopper) -> None:
+    """Tabs are service sessions: past the per-key limit a new tab gets no session and a banner that says why."""
+    from assistant.config import VigilConfig
+
+    config = VigilConfig(**app_config().model_dump(exclude={"server"}), server={"limits": {"max_sessions_per_key": 1}})
+    app = app_server(tiny_adapter, config)
+    driver = chrome()
+    try:
+        driver.get(app.url)
+        wait(driver, lambda d: "Session started" in text_of(d, "vigil-chat"), 60, "the first tab got no session")
+        first = wait(driver, lambda d: tab_session(app, set()), 10, "no session for the first tab")
+        driver.switch_to.new_window("tab")
+        driver.get(app.url)
+        wait(
+            driver,
+            lambda d: "No session: this API key has 1 open sessions" in text_of(d, "vigil-error-banner"),
+            60,
+            "the refused tab shows no reason",
+        )
+        assert list(app.registry.sessions.values()) == [first] and not first.live.closed
+    finally:
+        driver.quit()
+        app_stopper(app)

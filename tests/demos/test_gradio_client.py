@@ -209,7 +209,7 @@ class FlakyEngine(HFEngine):
 
 
 def test_engine_failures_are_reported_clearly(tiny_adapter, app_server, app_stopper, frame_files) -> None:
-    from demos.gradio_app import status_banner
+    from demos.views import status_banner
 
     config = app_config()
     engine = FlakyEngine(tiny_adapter, config.engine)

@@ -19,9 +19,13 @@ from assistant.events import (
     TriggerFired,
 )
 from assistant.orchestrator import Orchestrator
-from demos.gradio_app import figures, model_banner, stats_markdown, status_banner
-from demos.ui_sessions import SessionRegistry, SessionSettings, UiError, UiSession, make_settings
+from demos.errors import SessionRefused, UiError
+from demos.registry import SessionRegistry
+from demos.settings import SessionSettings, make_settings
+from demos.ui_sessions import UiSession
+from demos.views import figures, model_banner, stats_markdown, status_banner
 from serving.engines.hf import HFEngine
+from serving.service import VigilService
 
 BASE = VigilConfig(memory={"budget_tokens": 2048}, engine={"max_new_tokens": 8})
 
@@ -102,32 +106,33 @@ def test_banners_for_the_test_model_and_an_unavailable_engine(tiny_model_dir) ->
     assert "the engine is unavailable" in status_banner(None)
     assert 'id="vigil-error-banner"' in status_banner(None, "Engine unavailable: <boom>")
     assert "&lt;boom&gt;" in status_banner(None, "Engine unavailable: <boom>")  # escaped
-    assert stats_markdown({"session_id": "u"}) == "No session."
+    assert stats_markdown(UiSession("u", None).stats()) == "No session."
 
 
 def test_tabs_end_on_close_or_when_they_go_quiet(tiny_adapter) -> None:
     async def main() -> None:
         orchestrator = Orchestrator(HFEngine(tiny_adapter, BASE.engine), tiny_adapter, BASE)
-        registry = SessionRegistry(orchestrator, BASE, idle_timeout_s=60)
-        settings, config = make_settings(BASE, 2, None, 2048, "scene")
-        first = await registry.open(settings, config, owner="tab-1")
-        second = await registry.open(settings, config, owner="tab-2")
-        api = await registry.open(settings, config, owner=None)
+        service = VigilService(BASE, orchestrator)
+        registry = SessionRegistry(service, idle_timeout_s=60)
+        settings, _ = make_settings(BASE, 2, None, 2048, "scene")
+        first = await registry.open(settings, tab="tab-1")
+        second = await registry.open(settings, tab="tab-2")
+        api = await registry.open(settings, tab=None)
         assert len(orchestrator.sessions) == 3 and first.live.session_id != second.live.session_id
         frame = np.full((112, 112, 3), 128, np.uint8)
-        assert first.push(frame, camera=True) == "accepted"
-        assert first.push(frame, camera=True) == "skipped"  # thinned to 2 fps
+        assert await first.push(frame, camera=True) == "accepted"
+        assert await first.push(frame, camera=True) == "skipped"  # thinned to 2 fps
         with pytest.raises(UiError, match="frame rejected: not a decodable"):
-            first.push(b"junk", t=5.0)
+            await first.push(b"junk", t=5.0)
 
-        assert await registry.close_owner("tab-1") == 1
+        assert await registry.close_tab("tab-1") == 1
         assert first.live.closed and first.ended == "tab closed" and first.ui_id not in registry.sessions
         with pytest.raises(UiError, match="has ended \\(tab closed\\)"):
-            first.ask("still there?", 100)
+            await first.ask("still there?")
 
-        new_settings, new_config = make_settings(BASE, 1, 0.9, 1024, "off")
+        new_settings, _ = make_settings(BASE, 1, 0.9, 1024, "off")
         old_live = second.live
-        await registry.restart(second, new_settings, new_config)
+        await registry.restart(second, new_settings)
         assert (
             old_live.closed and second.live is not old_live and second.live.session.config.memory.budget_tokens == 1024
         )
@@ -138,7 +143,7 @@ def test_tabs_end_on_close_or_when_they_go_quiet(tiny_adapter) -> None:
         assert second.live.closed and second.ended == "idle timeout" and list(registry.sessions) == [api.ui_id]
         await registry.close_all()
         assert not registry.sessions and not orchestrator.sessions and registry.loop is None
-        await orchestrator.shutdown()
+        await service.stop()
 
     asyncio.run(main())
 
@@ -152,3 +157,40 @@ def test_fake_camera_clip_is_c420_y4m_of_the_real_frames(camera_frames, y4m_writ
     for original, back in zip(camera_frames[:12], decoded, strict=True):
         assert np.abs(original.astype(int) - back).mean() < 4  # colour conversion and 4:2:0 only
     assert np.abs(camera_frames[39].astype(int) - camera_frames[40]).mean() > 30  # the hard cut at 4 s
+
+
+def test_tab_sessions_are_service_sessions_under_its_limits(tiny_adapter, camera_frames) -> None:
+    import io
+
+    from PIL import Image
+
+    from serving.auth import ANONYMOUS
+
+    config = VigilConfig(**BASE.model_dump(exclude={"server"}), server={"limits": {"max_sessions_per_key": 2}})
+    buffer = io.BytesIO()
+    Image.fromarray(camera_frames[0]).save(buffer, format="JPEG")
+
+    async def main() -> None:
+        service = VigilService(config, Orchestrator(HFEngine(tiny_adapter, config.engine), tiny_adapter, config))
+        registry = SessionRegistry(service, idle_timeout_s=60)
+        settings, _ = make_settings(config, 2, None, 1024, "off")
+        first = await registry.open(settings, tab="tab-1")
+        listed = await service.list(ANONYMOUS)
+        assert [v.id for v in listed] == [first.live.session_id] and listed[0].options["budget_tokens"] == 1024
+        assert await first.push(buffer.getvalue(), t=0.0) == "accepted"
+        assert service.hosted[first.live.session_id].frames_in == 1  # counted by the service
+
+        second = await registry.open(settings, tab="tab-2")
+        with pytest.raises(SessionRefused, match="this API key has 2 open sessions; close one first"):
+            await registry.open(settings, tab="tab-3")
+        assert len(registry.sessions) == 2 and not first.live.closed and not second.live.closed
+
+        assert await registry.close_tab("tab-1") == 1
+        assert [v.id for v in await service.list(ANONYMOUS)] == [second.live.session_id]
+        third = await registry.open(settings, tab="tab-3")  # room again
+        assert third.live.session_id in service.hosted
+        await registry.close_all()
+        assert not service.hosted and await service.list(ANONYMOUS) == []
+        await service.stop()
+
+    asyncio.run(main())
