@@ -127,6 +127,7 @@ class BackgroundServer:
         self.loop.close()
 
     def start(self, timeout: float = 60.0) -> BackgroundServer:
+        """Start serving and wait until the server accepts connections."""
         import time
 
         self.thread.start()
@@ -145,5 +146,6 @@ class BackgroundServer:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     def stop(self) -> None:
+        """Shut the server down (running requests get a few seconds) and wait for its thread."""
         self.server.should_exit = True
         self.thread.join(30)

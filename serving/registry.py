@@ -36,6 +36,8 @@ class Hosted:
     record: SessionRecord
     config: VigilConfig
     bucket: TokenBucket
+    idle_timeout_s: float
+    """Closed after this long without activity (``math.inf``: its front end ends it)."""
     last_active: float = field(default_factory=time.monotonic)
     frames_in: int = 0
     subscribers: int = 0
@@ -135,18 +137,21 @@ class SessionRegistry:
                 log.warning("heartbeat failed: %s", exc)
 
     async def _reap_idle(self) -> None:
-        timeout = self.config.server.idle_timeout_s
+        every = min(10.0, self.config.server.idle_timeout_s / 4)
         while True:
-            await asyncio.sleep(min(10.0, timeout / 4))
+            await asyncio.sleep(every)
             now = time.monotonic()
             for sid, h in list(self.hosted.items()):
-                if not h.busy and now - h.last_active > timeout:
+                if not h.busy and now - h.last_active > h.idle_timeout_s:
                     log.info("closing idle session %s", sid)
                     await self.close(sid, "idle_timeout", keep=True)
 
     # -- create --------------------------------------------------------------------------------------------
-    async def create(self, owner: str, spec: SessionCreate) -> Hosted:
-        """Start a session for ``owner`` (503 worker full, 429 too many for the key, 422 invalid options)."""
+    async def create(self, owner: str, spec: SessionCreate, *, idle_timeout_s: float | None = None) -> Hosted:
+        """Start a session for ``owner`` (503 worker full, 429 too many for the key, 422 invalid options).
+
+        It is closed after ``idle_timeout_s`` without activity (default ``server.idle_timeout_s``).
+        """
         if len(self.hosted) >= self.limits.max_sessions:
             raise ServiceError(
                 503, "worker_full", "this worker runs its maximum number of sessions", headers={"Retry-After": "30"}
@@ -169,7 +174,8 @@ class SessionRegistry:
         public = spec.model_dump(exclude_none=True, mode="json")
         record = SessionRecord(live.session_id, owner, self.worker_id, options=public)
         rate = self.limits.max_fps
-        hosted = Hosted(live, record, live.session.config, TokenBucket(rate, burst=max(4.0, 2 * rate)))
+        idle = self.config.server.idle_timeout_s if idle_timeout_s is None else idle_timeout_s
+        hosted = Hosted(live, record, live.session.config, TokenBucket(rate, burst=max(4.0, 2 * rate)), idle)
         self.hosted[live.session_id] = hosted
         try:
             await directory_call(self.directory.register(record))

@@ -78,9 +78,13 @@ class VigilService:
         await self.directory.close()
 
     # -- sessions ------------------------------------------------------------------------------------------
-    async def create(self, owner: str, spec: SessionCreate) -> SessionView:
-        """Start a session for ``owner`` with its options over the server's config (422, 429, 503 when refused)."""
-        return (await self.registry.create(owner, spec)).view()
+    async def create(self, owner: str, spec: SessionCreate, *, idle_timeout_s: float | None = None) -> SessionView:
+        """Start a session for ``owner`` with its options over the server's config (422, 429, 503 when refused).
+
+        The service closes it after ``idle_timeout_s`` without activity (default ``server.idle_timeout_s``); a front
+        end that ends its sessions itself (the browser app, when a tab goes) may pass ``math.inf``.
+        """
+        return (await self.registry.create(owner, spec, idle_timeout_s=idle_timeout_s)).view()
 
     async def get(self, owner: str, session_id: str) -> Hosted:
         """The session running here, or ServiceError: 404 unknown/not yours, 307 elsewhere, 410 ended."""

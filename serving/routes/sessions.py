@@ -25,6 +25,7 @@ async def list_sessions(who: Owner, service: Service) -> SessionList:
 
 @router.get("/{session_id}", response_model=SessionView, responses=ERRORS)
 async def get_session(session_id: str, who: Owner, service: Service) -> SessionView:
+    """A session of this API key, on this worker or known from the directory."""
     return await service.describe(who, session_id)
 
 

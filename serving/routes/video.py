@@ -99,6 +99,7 @@ async def _chunks(upload: UploadFile) -> AsyncIterator[bytes]:
 
 @router.get("/video", response_model=VideoView, responses=ERRORS)
 async def video_status(session_id: str, who: Owner, service: Service) -> VideoView:
+    """The video played into the session: its state and how many frames it sent."""
     return await service.video(who, session_id)
 
 
