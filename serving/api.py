@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import socket
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -22,8 +21,6 @@ from serving.routes import events, frames, health, openai, questions, sessions, 
 from serving.routes.errors import add_error_handlers
 from serving.schemas import ErrorResponse
 from serving.service import VigilService
-
-log = logging.getLogger(__name__)
 
 SESSION_PATH = r"/v1/sessions/[^/]+"
 ROUTERS = (health, sessions, frames, stream, video, questions, events, openai)
