@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 
+
+@pytest.mark.slow
 def test_ui_is_mounted_beside_the_api(start_server: Any) -> None:
     server = start_server(server={"ui": True})
     with server.client() as c:
