@@ -20,6 +20,7 @@ class KeyRing:
 
     @property
     def enabled(self) -> bool:
+        """Whether callers need a key."""
         return bool(self._keys)
 
     def owner(self, authorization: str | None, query_key: str | None = None) -> str:

@@ -1,13 +1,15 @@
-"""FastAPI dependencies shared by the API's routes."""
+"""FastAPI dependencies shared by the API's routes: the caller's identity and the service."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
 from fastapi import Depends, Request
+from starlette.requests import HTTPConnection
 
 from serving.auth import KeyRing, Unauthorized
-from serving.service import ServiceError
+from serving.errors import ServiceError
+from serving.service import VigilService
 
 
 def request_owner(request: Request) -> str:
@@ -20,5 +22,13 @@ def request_owner(request: Request) -> str:
         raise ServiceError(401, "unauthorized", str(exc), headers={"WWW-Authenticate": "Bearer"}) from None
 
 
+def app_service(conn: HTTPConnection) -> VigilService:
+    """The service of the app that serves the request (``app.state.service``)."""
+    return conn.app.state.service
+
+
 Owner = Annotated[str, Depends(request_owner)]
 """A route parameter that authenticates the caller and names the owner of its sessions."""
+
+Service = Annotated[VigilService, Depends(app_service)]
+"""A route parameter that is the worker's service."""

@@ -47,6 +47,7 @@ class BodyLimitMiddleware:
         self.routes = [(re.compile(pattern), limit) for pattern, limit in routes]
 
     def limit(self, path: str) -> int:
+        """The body limit of a request path, in bytes."""
         for pattern, limit in self.routes:
             if pattern.fullmatch(path):
                 return limit

@@ -1,4 +1,4 @@
-"""OpenAI-compatible chat completions about a live session (``model: "vigil:<session id>"``).
+"""OpenAI's chat completion protocol translated to and from a live session (``model: "vigil:<session id>"``).
 
 Only the last user message is asked: the session keeps its own bounded history of questions and answers.
 Image parts with ``data:`` URLs are pushed into the session as frames (at "now") before the question.
@@ -9,15 +9,12 @@ from __future__ import annotations
 import base64
 import binascii
 import time
-from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from typing import Any
 
-from fastapi import FastAPI
-
-from serving.deps import Owner
-from serving.schemas import ChatCompletionRequest
-from serving.service import ServiceError, VigilService
-from serving.sse import KEEPALIVE, sse, sse_response
+from assistant.events import AnswerFinished
+from serving.errors import ServiceError
+from serving.schemas import ChatCompletionRequest, SessionView
 
 PREFIX = "vigil:"
 
@@ -68,11 +65,13 @@ def _data_url(url: str) -> bytes:
         raise ServiceError(422, "invalid_frame", "the image part is not valid base64") from None
 
 
-def _finish(reason: str) -> str:
+def finish_reason(reason: str) -> str:
+    """OpenAI's finish reason for one of ours (a cancelled answer just stops)."""
     return "length" if reason == "length" else "stop"
 
 
-def _usage(done: Any) -> dict[str, Any]:
+def usage(done: AnswerFinished) -> dict[str, Any]:
+    """OpenAI's token usage of a finished answer."""
     return {
         "prompt_tokens": done.prompt_tokens,
         "completion_tokens": done.generated_tokens,
@@ -81,100 +80,59 @@ def _usage(done: Any) -> dict[str, Any]:
     }
 
 
-def add_routes(app: FastAPI, service: VigilService) -> None:
-    """Add ``POST /v1/chat/completions`` and ``GET /v1/models`` to ``app``."""
+def model_list(sessions: list[SessionView]) -> dict[str, Any]:
+    """The live sessions as OpenAI models ``vigil:<id>``."""
+    data = [
+        {"id": PREFIX + s.id, "object": "model", "created": int(s.created), "owned_by": "vigil"}
+        for s in sessions
+        if s.status == "live"
+    ]
+    return {"object": "list", "data": data}
 
-    @app.get("/v1/models", tags=["openai"])
-    async def models(who: Owner) -> dict[str, Any]:
-        """The caller's live sessions, each as a model ``vigil:<id>``."""
-        sessions = await service.list(who)
-        data = [
-            {"id": PREFIX + s.id, "object": "model", "created": int(s.created), "owned_by": "vigil"}
-            for s in sessions
-            if s.status == "live"
-        ]
-        return {"object": "list", "data": data}
 
-    @app.post("/v1/chat/completions", tags=["openai"])
-    async def chat_completions(body: ChatCompletionRequest, who: Owner) -> Any:
-        """Ask a live session through the OpenAI chat completions protocol (streaming or not)."""
-        session_id = session_of(body)
-        question, images = question_of(body)
-        if images:
-            await service.push_frames(who, session_id, [(image, None) for image in images])
-        max_tokens = body.max_completion_tokens or body.max_tokens
-        h, answer_id, future, after = await service.ask(
-            who,
-            session_id,
-            question,
-            max_new_tokens=max_tokens,
-            min_new_tokens=body.min_tokens,
-            temperature=body.temperature,
-        )
-        completion_id = f"chatcmpl-{answer_id}"
-        created = int(time.time())
-        if not body.stream:
-            done = await service.wait_answer(future)
-            return {
-                "id": completion_id,
-                "object": "chat.completion",
-                "created": created,
-                "model": body.model,
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": done.text},
-                        "finish_reason": _finish(done.finish_reason),
-                    }
-                ],
-                "usage": _usage(done),
-                "vigil": {"t": round(done.t, 4), "ttft_s": round(done.ttft_s, 4), "session_id": session_id},
-            }
-        include_usage = bool((body.stream_options or {}).get("include_usage"))
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """One chat completion's identity, shared by its whole body or all of its chunks."""
 
-        def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
-            return sse(
+    id: str
+    model: str
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    def body(self, done: AnswerFinished, session_id: str) -> dict[str, Any]:
+        """The non-streaming response."""
+        return {
+            "id": self.id,
+            "object": "chat.completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": [
                 {
-                    "id": completion_id,
-                    "object": "chat.completion.chunk",
-                    "created": created,
-                    "model": body.model,
-                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+                    "index": 0,
+                    "message": {"role": "assistant", "content": done.text},
+                    "finish_reason": finish_reason(done.finish_reason),
                 }
-            )
+            ],
+            "usage": usage(done),
+            "vigil": {"t": round(done.t, 4), "ttft_s": round(done.ttft_s, 4), "session_id": session_id},
+        }
 
-        async def events() -> AsyncIterator[bytes]:
-            finished = False
-            try:
-                yield chunk({"role": "assistant", "content": ""})
-                async for event in service.answer_events(h, answer_id, after):
-                    if event is None:
-                        yield KEEPALIVE
-                    elif event.type == "answer_delta":
-                        yield chunk({"content": event.text})
-                    elif event.type == "answer_done":
-                        finished = True
-                        yield chunk({}, _finish(event.finish_reason))
-                        if include_usage:
-                            yield sse(
-                                {
-                                    "id": completion_id,
-                                    "object": "chat.completion.chunk",
-                                    "created": created,
-                                    "model": body.model,
-                                    "choices": [],
-                                    "usage": _usage(event),
-                                }
-                            )
-                    elif event.type == "error":
-                        finished = True
-                        yield sse({"error": {"code": event.code, "message": event.message}})
-            except ServiceError as exc:
-                finished = True
-                yield sse({"error": {"code": exc.code, "message": exc.message}})
-            finally:
-                if not finished:
-                    h.live.cancel(answer_id)
-            yield sse("[DONE]")
+    def chunk(self, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        """A streamed piece of the answer."""
+        return {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        }
 
-        return sse_response(events())
+    def usage_chunk(self, done: AnswerFinished) -> dict[str, Any]:
+        """The last chunk when the client asked for usage: no choices, the token usage."""
+        return {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": [],
+            "usage": usage(done),
+        }

@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from assistant.config import SessionOptions
+from assistant.events import AnswerFinished
 
 
 class _Body(BaseModel):
@@ -19,6 +20,17 @@ class SessionCreate(SessionOptions):
     metadata: dict[str, str] = Field(default_factory=dict, max_length=32, description="Client labels, echoed back.")
 
 
+class VideoView(BaseModel):
+    """A video played into a session: ``playing``, ``finished``, ``stopped`` or ``failed``."""
+
+    state: str
+    source: str
+    frames: int
+    duration_s: float | None = None
+    end_reason: str | None = None
+    error: str | None = None
+
+
 class SessionView(BaseModel):
     """A session as clients see it."""
 
@@ -28,7 +40,7 @@ class SessionView(BaseModel):
     created: float
     stream_t: float | None = None
     options: dict[str, Any] = Field(default_factory=dict)
-    video: dict[str, Any] | None = None
+    video: VideoView | None = None
 
 
 class SessionList(BaseModel):
@@ -52,7 +64,15 @@ class Question(_Body):
     temperature: float | None = Field(None, ge=0, le=2)
 
 
+class Instruction(BaseModel):
+    """A standing instruction ("tell me when ...")."""
+
+    instruction: str = Field(min_length=1, max_length=2000)
+
+
 class AnswerView(BaseModel):
+    """A finished answer."""
+
     id: str
     question: str
     answer: str
@@ -64,19 +84,78 @@ class AnswerView(BaseModel):
     cached_tokens: int
     generated_tokens: int
 
+    @classmethod
+    def of(cls, done: AnswerFinished) -> AnswerView:
+        """The view of a finished answer (times rounded to 0.1 ms)."""
+        return cls(
+            id=done.answer_id,
+            question=done.question,
+            answer=done.text,
+            t=round(done.t, 4),
+            finish_reason=done.finish_reason,
+            ttft_s=round(done.ttft_s, 4),
+            total_s=round(done.total_s, 4),
+            prompt_tokens=done.prompt_tokens,
+            cached_tokens=done.cached_tokens,
+            generated_tokens=done.generated_tokens,
+        )
+
+
+class FrameCounts(BaseModel):
+    """Frames of a session: received, perceived, waiting, and not perceived by reason."""
+
+    received: int
+    processed: int
+    queued: int
+    dropped: dict[str, int]
+
+
+class PerceptionStats(BaseModel):
+    """What perception saw and kept."""
+
+    frames: int
+    steps: int
+    tokens_seen: int
+    tokens_kept: int
+    weighted_drop_ratio: float
+
+
+class MemoryStats(BaseModel):
+    """The bounded visual memory of a session."""
+
+    tokens: int
+    entries: int
+    budget: int
+    archived_entries: int
+    policy: str
+
+
+class MemoryView(BaseModel):
+    """Memory, drop and engine statistics of a session."""
+
+    id: str
+    stream_t: float
+    frames: FrameCounts
+    perception: PerceptionStats
+    memory: MemoryStats
+    engine: dict[str, Any] | None = Field(description="The engine's own statistics (None before it saw the session).")
+
+
+class HealthView(BaseModel):
+    """Liveness and what this worker runs."""
+
+    status: Literal["ok", "degraded"]
+    worker: str
+    model: str
+    engine: str
+    sessions: int
+    directory: Literal["redis", "local"]
+    directory_ok: bool
+
 
 class VideoRequest(_Body):
     source: str = Field(min_length=1, max_length=4096, description="A path or URL on the server's allow-list.")
     speed: Literal["realtime", "max"] | float = Field("realtime", description="Playback pace.")
-
-
-class VideoView(BaseModel):
-    state: str
-    source: str
-    frames: int
-    duration_s: float | None = None
-    end_reason: str | None = None
-    error: str | None = None
 
 
 class ErrorBody(BaseModel):

@@ -1,8 +1,13 @@
-"""Checks on what clients upload: video containers by their magic bytes, paths and URLs by an allow-list."""
+"""What clients upload: video containers checked by their magic bytes and saved to a temporary file, paths and URLs
+checked against an allow-list."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+import tempfile
+from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
 VIDEO_SIGNATURES = "MP4/MOV, Matroska/WebM, AVI, MPEG-TS, FLV or Ogg"
@@ -67,3 +72,31 @@ def allowed_source(spec: str, allow: tuple[str, ...]) -> str:
                 raise UploadError(404, "source_not_found", f"no video file at {spec!r}")
             return path
     raise UploadError(403, "source_not_allowed", f"path {spec!r} is not under an allowed directory")
+
+
+async def save_upload(chunks: AsyncIterator[bytes], max_bytes: int) -> str:
+    """Write an uploaded video to a temporary file and return its path (the caller deletes it).
+
+    UploadError 413 over ``max_bytes``, 422 when empty, 415 when it is not a video container; nothing is left
+    behind when refused.
+    """
+    fd, path = tempfile.mkstemp(prefix="vigil-upload-", suffix=".video")
+    size = 0
+    try:
+        with os.fdopen(fd, "wb") as out:
+            head = b""
+            async for chunk in chunks:
+                if len(head) < 512:
+                    head += chunk[: 512 - len(head)]
+                size += len(chunk)
+                if size > max_bytes:
+                    raise UploadError(413, "upload_too_large", f"videos are limited to {max_bytes}")
+                await asyncio.to_thread(out.write, chunk)
+        if size == 0:
+            raise UploadError(422, "empty_upload", "the video file is empty")
+        check_video_head(head)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise
+    return path

@@ -76,3 +76,22 @@ def _png() -> bytes:
     out = io.BytesIO()
     Image.new("RGB", (32, 32), (200, 10, 10)).save(out, format="PNG")
     return out.getvalue()
+
+
+def test_idle_sessions_are_closed_unless_their_front_end_keeps_them(start_server: Any) -> None:
+    import math
+    import time
+
+    from serving.schemas import SessionCreate
+
+    server = start_server(server={"idle_timeout_s": 0.4})
+    kept = server.call(server.service.create("anonymous", SessionCreate(), idle_timeout_s=math.inf))
+    with server.client() as c:
+        idle = c.post("/v1/sessions").json()["id"]
+        deadline = time.monotonic() + 20
+        while idle in server.service.hosted:
+            assert time.monotonic() < deadline, "the idle session was not closed"
+            time.sleep(0.05)
+        assert c.get(f"/v1/sessions/{idle}").status_code == 404
+        assert c.get(f"/v1/sessions/{kept.id}").json()["status"] == "live"
+        c.delete(f"/v1/sessions/{kept.id}")

@@ -284,3 +284,33 @@ def test_server_side_video_on_the_allow_list(start_server: Any, real_clips: Any)
         r = c.post(f"/v1/sessions/{sid}/video", json={"source": str(clip.parent / "missing.mp4")})
         assert r.status_code == 404 and r.json()["error"]["code"] == "source_not_found"
         c.delete(f"/v1/sessions/{sid}")
+
+
+def test_events_older_than_the_kept_history_are_reported_lost(start_server: Any, tools: Any) -> None:
+    from assistant.events import ErrorEvent
+
+    server = start_server(session={"event_history": 100})
+    with server.client() as c:
+        sid = c.post("/v1/sessions").json()["id"]
+        live = server.service.hosted[sid].live
+
+        async def emit(n: int) -> int:
+            for i in range(n):
+                live.events.emit(ErrorEvent, 0.0, code="test", message=str(i))
+            return live.events.last_seq
+
+        last = server.call(emit(150))
+        first_kept = live.events.since(0)[0].seq
+        assert first_kept == last - 99
+        with c.stream("GET", f"/v1/sessions/{sid}/events", params={"after": 0}) as r:
+            events = tools.sse_events(r)
+            lost = next(events)
+            assert lost["event"] == "events_lost"
+            assert (lost["data"]["first_seq"], lost["data"]["last_seq"]) == (1, first_kept - 1)
+            ids = []
+            for event in events:
+                ids.append(int(event["id"]))
+                if ids[-1] == last:
+                    break
+        assert ids == list(range(first_kept, last + 1))
+        c.delete(f"/v1/sessions/{sid}")

@@ -10,6 +10,7 @@ import pytest
 from .conftest import jpeg
 
 
+@pytest.mark.slow
 def test_ui_is_mounted_beside_the_api(start_server: Any) -> None:
     server = start_server(server={"ui": True})
     with server.client() as c:

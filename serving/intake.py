@@ -1,0 +1,64 @@
+"""Encoded frames into a hosted session: request limits and the per-session rate, then ``push_encoded``."""
+
+from __future__ import annotations
+
+import math
+
+from assistant.config import LimitsConfig
+from assistant.orchestrator import SessionClosedError
+from assistant.sources import FrameTimeError, InvalidFrameError
+from serving.errors import ServiceError, closed
+from serving.metrics import Metrics
+from serving.registry import Hosted
+from serving.schemas import FramesResult
+
+
+class FrameIntake:
+    """Checks a request's frames against the limits and hands them to the session, which decodes and stamps them."""
+
+    def __init__(self, limits: LimitsConfig, metrics: Metrics) -> None:
+        self.limits = limits
+        self.metrics = metrics
+
+    async def push(self, h: Hosted, frames: list[tuple[bytes, float | None]]) -> FramesResult:
+        """Queue encoded images (all or none); ServiceError 413/422/429 with the reason when refused."""
+        if not frames:
+            raise ServiceError(422, "no_frames", "the request carries no image")
+        if len(frames) > self.limits.max_frames_per_request:
+            raise ServiceError(
+                413, "too_many_frames", f"at most {self.limits.max_frames_per_request} frames per request"
+            )
+        for data, _ in frames:
+            if len(data) > self.limits.max_frame_bytes:
+                raise ServiceError(413, "frame_too_large", f"a frame exceeds {self.limits.max_frame_bytes} bytes")
+        self._rate(h, len(frames))
+        try:
+            pushed = await h.live.push_encoded(frames, self.limits.max_frame_pixels)
+        except FrameTimeError as exc:
+            raise ServiceError(422, "invalid_time", str(exc)) from None
+        except InvalidFrameError as exc:
+            raise ServiceError(422, "invalid_frame", str(exc)) from None
+        except SessionClosedError as exc:
+            raise closed(str(exc)) from None
+        h.frames_in += pushed.accepted
+        self.metrics.frames_in.inc(pushed.accepted)
+        h.touch()
+        return FramesResult(
+            accepted=pushed.accepted, dropped=pushed.dropped, t=[round(t, 4) for t in pushed.t], queued=pushed.queued
+        )
+
+    def _rate(self, h: Hosted, n: int) -> None:
+        wait = h.bucket.take(n)
+        if wait == 0.0:
+            return
+        self.metrics.rejected.labels("rate_limited").inc()
+        if math.isinf(wait):
+            raise ServiceError(
+                429, "rate_limited", f"{n} frames exceed this session's burst of {h.bucket.burst:.0f}; send fewer"
+            )
+        raise ServiceError(
+            429,
+            "rate_limited",
+            f"more than {self.limits.max_fps:g} frames per second for this session",
+            headers={"Retry-After": str(max(1, math.ceil(wait)))},
+        )
