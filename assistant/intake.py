@@ -9,10 +9,11 @@ event). A frame is either queued or counted as dropped with a reason; nothing is
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -99,14 +100,17 @@ class FrameIntake:
         return True
 
     def put(self, frames: Sequence[tuple[np.ndarray, float | None]]) -> FramesPushed:
-        """Queue decoded frames [H, W, 3] with their stream times, all or none.
+        """Queue decoded frames [H, W, 3] with their stream times, all or none (a refused batch is counted as
+        dropped, reason ``invalid``).
 
         Raises InvalidFrameError naming the first unusable image, FrameTimeError for an unusable time,
         SessionClosedError when the session is closed.
         """
         self._check_open()
-        images = self._decode_all([image for image, _ in frames], self.max_pixels)
-        return self._enqueue(images, self._stamps([t for _, t in frames]))
+        with self._refusing(frames):
+            images = self._decode_all([image for image, _ in frames], self.max_pixels)
+            stamps = self._stamps([t for _, t in frames])
+        return self._enqueue(images, stamps)
 
     async def put_encoded(self, frames: Sequence[tuple[bytes, float | None]], max_pixels: int) -> FramesPushed:
         """Decode encoded images off the event loop (at most ``max_pixels`` each), then queue them, all or none.
@@ -114,9 +118,11 @@ class FrameIntake:
         Raises as ``put`` does; decoding errors name the frame (``frame i: ...``) when there are several.
         """
         self._check_open()
-        images = await asyncio.to_thread(self._decode_all, [data for data, _ in frames], max_pixels)
-        self._check_open()
-        return self._enqueue(images, self._stamps([t for _, t in frames]))
+        with self._refusing(frames):
+            images = await asyncio.to_thread(self._decode_all, [data for data, _ in frames], max_pixels)
+            self._check_open()
+            stamps = self._stamps([t for _, t in frames])
+        return self._enqueue(images, stamps)
 
     # -- out -----------------------------------------------------------------------------------------------
     async def take(self) -> QueuedFrame | None:
@@ -147,6 +153,16 @@ class FrameIntake:
         self._room.set()
 
     # -- steps ---------------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _refusing(self, frames: Sequence[tuple[object, float | None]]) -> Iterator[None]:
+        """Count every frame of a refused batch as dropped (``invalid``, with the reason), then re-raise."""
+        try:
+            yield
+        except InvalidFrameError as exc:
+            for _, t in frames:
+                self._drop("invalid", self._event_time(t), str(exc))
+            raise
+
     def _check_open(self) -> None:
         if self.closed:
             raise SessionClosedError(f"session {self.session_id} is closed")

@@ -20,12 +20,13 @@ import numpy as np
 
 from assistant.config import MAX_INSTRUCTIONS, VigilConfig
 from assistant.orchestrator import LiveSession
-from assistant.sources import DEFAULT_MAX_PIXELS, FrameTimeError, InvalidFrameError, SourceError, open_source
+from assistant.sources import SourceError, open_source
 from demos.errors import UiError
 from demos.settings import SessionSettings, number, parse_instructions
 from demos.tab_stats import LiveFigures, TabStats
 from demos.transcript import Transcript
 from serving.auth import ANONYMOUS
+from serving.schemas import FramesResult
 from serving.service import Hosted, ServiceError
 
 if TYPE_CHECKING:
@@ -119,45 +120,25 @@ class UiSession(Transcript):
         if self._next_due is not None and stamp < self._next_due - min(0.1, period / 4):
             return "skipped"
         self._next_due = stamp + period if self._next_due is None else max(self._next_due + period, stamp + period / 2)
-        invalid = live.frames_dropped["invalid"]
-        try:
-            pushed = live.push_frames([(image, None)])
-        except (FrameTimeError, InvalidFrameError) as exc:
-            raise UiError(f"frame rejected: {exc}") from None
-        if live.frames_dropped["invalid"] != invalid:  # counted with its reason as the last event
-            recent = live.events.since(self.cursor)
-            raise UiError(f"frame rejected: {recent[-1].detail if recent else 'not an RGB image'}")
+        pushed = await self._push([(image, None)])
         self._last_push = pushed.t[-1]
         return "accepted"
 
     async def _push_encoded(self, data: bytes, t: float | None) -> PushResult:
         if t is not None and t < 0:
             raise UiError(f"frame rejected: frame time must be >= 0, got {t:g}")
-        live = self.require_live()
-        try:
-            await self.service.push_frames(self.owner, live.session_id, [(data, t)])
-        except ServiceError as exc:
-            if exc.code in REFUSED_FRAME_CODES:
-                raise UiError(f"frame rejected: {self._count_refused(data, t, exc)}") from None
-            raise UiError(exc.message) from None
-        self._last_push = live.last_frame_t
+        pushed = await self._push([(data, t)])
+        self._last_push = pushed.t[-1]
         return "accepted"
 
-    def _count_refused(self, data: bytes, t: float | None, refusal: ServiceError) -> str:
-        """Have the session count a frame the service refused as invalid (the page shows drops by reason).
-
-        The session's own frame check records it with its reason; it cannot accept what the service refused
-        (an undecodable image or a time before the previous frame), except an image refused only for a pixel
-        limit below the decoder's default, which is then not offered to it.
-        """
-        live = self.live
-        if refusal.code == "invalid_frame" and self.service.limits.max_frame_pixels < DEFAULT_MAX_PIXELS:
-            return refusal.message
-        if live.push_frame(data, t):  # not expected: the frame is in, and the client was told it was refused
-            log.warning("a frame the service refused was queued by the session: %s", refusal.message)
-            return refusal.message
-        recent = live.events.since(self.cursor)
-        return recent[-1].detail if recent and recent[-1].type == "frame_dropped" else refusal.message
+    async def _push(self, frames: list[tuple[bytes | np.ndarray, float | None]]) -> FramesResult:
+        """Frames through the service (limits, rate, metrics; a refused frame is counted by the session)."""
+        live = self.require_live()
+        try:
+            return await self.service.push_frames(self.owner, live.session_id, frames)
+        except ServiceError as exc:
+            prefix = "frame rejected: " if exc.code in REFUSED_FRAME_CODES else ""
+            raise UiError(prefix + exc.message) from None
 
     # -- questions and instructions ----------------------------------------------------------------------
     async def ask(self, question: str, **options: Any) -> tuple[str, asyncio.Future]:

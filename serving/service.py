@@ -1,7 +1,7 @@
 """What the HTTP API does, without HTTP: one facade over the pieces of a worker.
 
 - ``SessionRegistry`` (``serving.registry``): the sessions this worker hosts, the directory, heartbeat, idle reaper;
-- ``FrameIntake`` (``serving.intake``): request limits and the frame rate, then ``LiveSession.push_encoded``;
+- ``FrameGate`` (``serving.frame_gate``): request limits and the frame rate, then ``LiveSession.push_encoded``;
 - ``VideoPlayer`` (``serving.playback``): videos played into sessions through ``LiveSession.play``;
 - ``EventStreams`` (``serving.streams``): an answer's events, and every event resumable by sequence number;
 - questions (``serving.questions``) and memory statistics (``serving.stats``).
@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
+
+import numpy as np
 
 from assistant.config import VigilConfig
 from assistant.events import AnswerFinished, SessionEvent
@@ -24,7 +26,7 @@ from assistant.sources import Pace
 from serving import questions
 from serving.directory import LocalDirectory, SessionDirectory
 from serving.errors import ServiceError
-from serving.intake import FrameIntake
+from serving.frame_gate import FrameGate
 from serving.metrics import Metrics
 from serving.playback import Playback, VideoPlayer
 from serving.questions import QueuedAnswer
@@ -57,7 +59,7 @@ class VigilService:
             memory_tokens=lambda: sum(h.live.session.memory.tokens_held for h in self.hosted.values()),
         )
         self.registry = SessionRegistry(config, orchestrator, self.directory, self.metrics, self.worker_id)
-        self.intake = FrameIntake(self.limits, self.metrics)
+        self.frames = FrameGate(self.limits, self.metrics)
         self.player = VideoPlayer(self.registry, self.metrics)
         self.streams = EventStreams(self.registry, self.directory)
 
@@ -103,9 +105,11 @@ class VigilService:
         await self.registry.delete(owner, session_id)
 
     # -- frames and video ----------------------------------------------------------------------------------
-    async def push_frames(self, owner: str, session_id: str, frames: list[tuple[bytes, float | None]]) -> FramesResult:
-        """Decode and queue encoded images (all or none); 413/422/429 with the reason when refused."""
-        return await self.intake.push(await self.get(owner, session_id), frames)
+    async def push_frames(
+        self, owner: str, session_id: str, frames: Sequence[tuple[bytes | np.ndarray, float | None]]
+    ) -> FramesResult:
+        """Queue encoded images or decoded arrays (all or none); 413/422/429 with the reason when refused."""
+        return await self.frames.push(await self.get(owner, session_id), frames)
 
     async def play(
         self,

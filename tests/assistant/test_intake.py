@@ -62,7 +62,11 @@ def test_a_batch_is_queued_all_or_none() -> None:
     with pytest.raises(FrameTimeError, match=r"frame time 0\.500 s is before the previous one \(2\.000 s\)"):
         intake.put([(solid(2), 2.0), (solid(3), 0.5)])
     assert len(intake) == 1 and intake.last_t == 1.0  # nothing of the refused batches was queued
-    assert intake.dropped == {"backpressure": 0, "invalid": 0, "failed": 0}  # a refused request is not a drop
+    # every frame of a refused batch is counted as dropped, with the batch's reason
+    assert intake.dropped == {"backpressure": 0, "invalid": 5, "failed": 0}
+    reasons = [e.detail for e in dropped_events(intake)]
+    assert len(reasons) == 5 and all("frame 1: frames must be uint8" in r for r in reasons[:3])
+    assert all("before the previous one" in r for r in reasons[3:])
     assert [f.t for f in drained(intake)] == [1.0]
 
 
@@ -72,9 +76,10 @@ def test_unusable_times_are_refused(t: object) -> None:
     with pytest.raises(FrameTimeError, match="frame time must be a finite number >= 0"):
         intake.put([(solid(1), t)])  # type: ignore[list-item]
     assert not intake.offer(solid(1), t)  # type: ignore[arg-type]
-    (event,) = dropped_events(intake)
-    assert event.reason == "invalid" and "finite number >= 0" in event.detail and event.t == 0.0
-    assert intake.dropped["invalid"] == 1 and len(intake) == 0
+    events = dropped_events(intake)  # the refused batch of one, then the refused stream frame
+    assert len(events) == 2
+    assert all(e.reason == "invalid" and "finite number >= 0" in e.detail and e.t == 0.0 for e in events)
+    assert intake.dropped["invalid"] == 2 and len(intake) == 0
 
 
 def test_stream_frames_in_time_order_only() -> None:

@@ -287,7 +287,8 @@ def test_a_batch_of_frames_is_queued_all_or_none(tiny_adapter) -> None:
             await live.push_encoded([(buf.getvalue(), None), (b"\xff\xd8 not a jpeg", None)], max_pixels=1 << 20)
         await live.wait_idle(timeout=60)
         assert live.processed_frames == 2 and live.last_frame_t == pushed.t[1]
-        assert live.frames_dropped == {"backpressure": 0, "invalid": 0, "failed": 0}
+        # nothing of the refused batches was queued; each of their frames is counted as dropped (invalid)
+        assert live.frames_dropped == {"backpressure": 0, "invalid": 4, "failed": 0}
         await orch.shutdown()
         with pytest.raises(SessionClosedError):
             live.push_frames([(_frame(4), None)])

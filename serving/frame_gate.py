@@ -1,8 +1,15 @@
-"""Encoded frames into a hosted session: request limits and the per-session rate, then ``push_encoded``."""
+"""Frames into a hosted session: request limits and the per-session rate, then the session's own frame intake.
+
+Encoded images (API requests) go to ``LiveSession.push_encoded``, decoded arrays (a webcam in the browser app)
+to ``LiveSession.push_frames``; both are counted in the metrics and under the same rate limit.
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+
+import numpy as np
 
 from assistant.config import LimitsConfig
 from assistant.orchestrator import SessionClosedError
@@ -13,27 +20,31 @@ from serving.registry import Hosted
 from serving.schemas import FramesResult
 
 
-class FrameIntake:
+class FrameGate:
     """Checks a request's frames against the limits and hands them to the session, which decodes and stamps them."""
 
     def __init__(self, limits: LimitsConfig, metrics: Metrics) -> None:
         self.limits = limits
         self.metrics = metrics
 
-    async def push(self, h: Hosted, frames: list[tuple[bytes, float | None]]) -> FramesResult:
-        """Queue encoded images (all or none); ServiceError 413/422/429 with the reason when refused."""
+    async def push(self, h: Hosted, frames: Sequence[tuple[bytes | np.ndarray, float | None]]) -> FramesResult:
+        """Queue encoded images or decoded [H, W, 3] arrays (all or none); ServiceError 413/422/429 when refused."""
         if not frames:
             raise ServiceError(422, "no_frames", "the request carries no image")
         if len(frames) > self.limits.max_frames_per_request:
             raise ServiceError(
                 413, "too_many_frames", f"at most {self.limits.max_frames_per_request} frames per request"
             )
+        encoded = all(isinstance(data, bytes | bytearray) for data, _ in frames)
         for data, _ in frames:
-            if len(data) > self.limits.max_frame_bytes:
+            if encoded and len(data) > self.limits.max_frame_bytes:
                 raise ServiceError(413, "frame_too_large", f"a frame exceeds {self.limits.max_frame_bytes} bytes")
         self._rate(h, len(frames))
         try:
-            pushed = await h.live.push_encoded(frames, self.limits.max_frame_pixels)
+            if encoded:
+                pushed = await h.live.push_encoded(frames, self.limits.max_frame_pixels)
+            else:
+                pushed = h.live.push_frames(frames)
         except FrameTimeError as exc:
             raise ServiceError(422, "invalid_time", str(exc)) from None
         except InvalidFrameError as exc:
