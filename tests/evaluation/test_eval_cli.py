@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from evaluation.cli import format_table, register
-from serving.cli.commands import Commands
 from evaluation.streamingbench import load_questions, result_record, write_results
+from serving.cli.commands import Commands
 
 
 @pytest.fixture(scope="module")
