@@ -44,6 +44,7 @@ def test_perceive_pixel_jsonl_on_real_video(real_clips) -> None:
     assert [s["frame"] for s in steps] == list(range(len(steps)))
 
 
+@pytest.mark.slow
 def test_perceive_feature_mode_with_tiny_model(clip, vigil_home) -> None:
     out = vigil("perceive", str(clip[0]), "--model", "tiny", "--fps", "1", "--jsonl")
     assert out.returncode == 0, out.stderr
@@ -128,6 +129,7 @@ def test_not_a_video(tmp_path) -> None:
     assert out.returncode == 2 and "cannot open" in out.stderr
 
 
+@pytest.mark.slow
 def test_watch_answers_at_stream_times(clip, vigil_home) -> None:
     out = vigil(
         "watch",
@@ -154,6 +156,7 @@ def test_watch_answers_at_stream_times(clip, vigil_home) -> None:
     assert summary["frames"] == 12
 
 
+@pytest.mark.slow
 def test_bench_latency_writes_outputs(tmp_path, vigil_home) -> None:
     out = vigil(
         "bench",
@@ -181,6 +184,7 @@ def test_bench_latency_writes_outputs(tmp_path, vigil_home) -> None:
     assert "TTFT p50" in out.stdout
 
 
+@pytest.mark.slow
 def test_bench_lag_reports_every_session_count(tmp_path, vigil_home) -> None:
     out = vigil(
         "bench", "lag", "--sessions", "1,2", "--seconds", "4", "--answer-tokens", "8", "--out", str(tmp_path / "lag")
@@ -193,6 +197,7 @@ def test_bench_lag_reports_every_session_count(tmp_path, vigil_home) -> None:
         assert r["lag_max_s"] >= r["lag_p95_s"] >= r["lag_p50_s"] >= 0
 
 
+@pytest.mark.slow
 def test_bench_scene_scores_a_clip(clip, tmp_path) -> None:
     out = vigil("bench", "scene", str(clip[0]), "--fps", "4", "--out", str(tmp_path / "scene"))
     assert out.returncode == 0, out.stderr
@@ -203,6 +208,7 @@ def test_bench_scene_scores_a_clip(clip, tmp_path) -> None:
     assert vigil("bench", "scene", "/nonexistent.mp4").returncode == 2
 
 
+@pytest.mark.slow
 def test_bench_all_quick_writes_every_part(tmp_path, vigil_home) -> None:
     out = vigil("bench", "all", "--quick", "--out", str(tmp_path / "all"))
     assert out.returncode == 0, out.stderr
