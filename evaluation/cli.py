@@ -186,7 +186,7 @@ def _sb_score(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------------------------------
 
 
-class Runtime(NamedTuple):
+class EvalRuntime(NamedTuple):
     """What benchmark runs are given: the loaded model, the config and the engine factory bound to the model."""
 
     adapter: Any
@@ -194,11 +194,11 @@ class Runtime(NamedTuple):
     make_engine: Callable[[Any], Any]
 
 
-RunnerSetup = Callable[[argparse.Namespace], Runtime]
+RunnerSetup = Callable[[argparse.Namespace], EvalRuntime]
 """Loads the runtime from parsed options."""
 
 
-def load_runtime(args: argparse.Namespace) -> Runtime:
+def load_runtime(args: argparse.Namespace) -> EvalRuntime:
     """Model, config and engine factory for ``vigil eval ... run`` (SetupError when the model cannot be had)."""
     from serving.runtime import engine_factory, load_model, validated_config
 
@@ -209,10 +209,10 @@ def load_runtime(args: argparse.Namespace) -> Runtime:
         engine={"kind": args.engine, "max_new_tokens": args.max_new_tokens, "kv_cap_tokens": args.budget + 4096},
     )
     adapter = load_model(config)
-    return Runtime(adapter, config, engine_factory(adapter))
+    return EvalRuntime(adapter, config, engine_factory(adapter))
 
 
-def _run_queries(args: argparse.Namespace, runtime: Runtime, queries: list[Any], name: str) -> tuple[dict, Any]:
+def _run_queries(args: argparse.Namespace, runtime: EvalRuntime, queries: list[Any], name: str) -> tuple[dict, Any]:
     from tqdm import tqdm
 
     from evaluation.runner import run
@@ -338,7 +338,7 @@ def _sb_run(setup: RunnerSetup) -> Handler:
     return run_sb
 
 
-def _sb_proactive(args: argparse.Namespace, runtime: Runtime, questions: list[Any]) -> list[dict]:
+def _sb_proactive(args: argparse.Namespace, runtime: EvalRuntime, questions: list[Any]) -> list[dict]:
     """Proactive Output in native mode: the decision module decides when to answer (scored with the same rule)."""
     import asyncio
 
