@@ -3,7 +3,8 @@
 Runs any engine (``--engine hf|vllm|remote``) on a checkpoint or on a real-size architecture with random
 weights (``--arch``: the real compute cost, no download). The stream is synthetic (random kept tokens at the
 drop's keep ratio, as ``vigil bench latency`` uses), so the figures are the engine's alone. With ``--arch`` and
-the vLLM engine, the random model is saved to a directory first so that vLLM can load it.
+the vLLM engine, the random model is saved to a directory first so that vLLM can load it. The command's options
+are in ``serving.cli.bench``.
 """
 
 from __future__ import annotations
