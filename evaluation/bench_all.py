@@ -16,8 +16,8 @@ from assistant.sources import VideoFileSource
 from evaluation.bench_lag import LagBenchConfig, format_lag_table, run_lag_bench
 from evaluation.bench_latency import LatencyBenchConfig, format_table, run_latency_bench, write_outputs
 from evaluation.bench_scene import format_scene_table, run_scene_bench
-from evaluation.report import write_report
 from evaluation.synthetic import write_clip
+from serving.bench_tools import write_report
 
 
 def perception_throughput(adapter: Any, video: str, fps: float = 2.0) -> list[dict[str, Any]]:

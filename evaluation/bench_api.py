@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from evaluation.report import percentile
+from serving.bench_tools import percentile
 
 
 @dataclass

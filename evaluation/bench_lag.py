@@ -17,7 +17,7 @@ import numpy as np
 from assistant.config import VigilConfig
 from assistant.orchestrator import LiveSession, Orchestrator
 from assistant.reaction import EngineFactory
-from evaluation.report import percentile
+from serving.bench_tools import percentile
 
 
 @dataclass(frozen=True, slots=True)

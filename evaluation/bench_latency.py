@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import statistics
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,11 +17,9 @@ from typing import Any
 import torch
 
 from assistant.config import VigilConfig
-from assistant.events import PerceptionUpdate
-from assistant.models.preprocess import vision_positions
 from assistant.reaction import AnswerDone, EngineFactory
 from assistant.session import Session
-from evaluation.report import percentile, write_report
+from serving.bench_tools import percentile, synthetic_updates, write_report
 
 QUESTIONS = (
     "What is happening right now?",
@@ -89,34 +86,6 @@ def rss_bytes() -> int:
         import resource
 
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def synthetic_updates(cfg: LatencyBenchConfig, hidden: int, steps: int, interval: float) -> Iterator[PerceptionUpdate]:
-    """Perception updates with random kept tokens (the kept share of differential token drop)."""
-    gen = torch.Generator().manual_seed(cfg.seed)
-    gh, gw = cfg.grid
-    n = gh * gw
-    k = max(1, round(n * cfg.keep_ratio))
-    seconds = cfg.frames_per_step / cfg.fps
-    for step in range(steps):
-        kept = n if step == 0 else k
-        idx = torch.randperm(n, generator=gen)[:kept].sort().values
-        emb = torch.randn(kept, hidden, generator=gen) * 0.02
-        yield PerceptionUpdate(
-            step=step,
-            t_start=step * seconds,
-            t_end=(step + 1) * seconds,
-            frame_indices=tuple(range(step * cfg.frames_per_step, (step + 1) * cfg.frames_per_step)),
-            grid=(gh, gw),
-            kept_indices=idx,
-            positions=vision_positions(step, gh, gw, interval)[:, idx],
-            drop_ratio=1 - kept / n,
-            mean_change=0.0,
-            changed_fraction=kept / n,
-            reset=step == 0,
-            embeddings=emb,
-            features=emb,
-        )
 
 
 async def run_stream(

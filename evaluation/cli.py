@@ -4,6 +4,7 @@
     vigil eval ovo score FILE_OR_DIR ... [--strict] [--json OUT]
     vigil eval streamingbench stats --anno FILE ... [--kind KIND]
     vigil eval streamingbench score FILE ... [--model NAME] [--strict] [--json OUT]
+    vigil eval ovo|streamingbench run --anno FILE ... --videos DIR --out DIR [--mode replay|live]
 
 Problems with the input (missing file, not JSON, wrong format) print one line to stderr and return 2.
 """
@@ -18,10 +19,13 @@ import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from evaluation import ovo_bench, streamingbench
 from evaluation.bench_format import BenchmarkFormatError
+
+if TYPE_CHECKING:
+    from serving.cli.commands import Commands
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -182,13 +186,33 @@ def _sb_score(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------------------------------
 
 
-Runtime = tuple[Any, Any, Any]
-"""(model adapter, VigilConfig, engine factory) for benchmark runs."""
-RunnerSetup = Callable[[argparse.Namespace], Runtime]
+class EvalRuntime(NamedTuple):
+    """What benchmark runs are given: the loaded model, the config and the engine factory bound to the model."""
+
+    adapter: Any
+    config: Any
+    make_engine: Callable[[Any], Any]
+
+
+RunnerSetup = Callable[[argparse.Namespace], EvalRuntime]
 """Loads the runtime from parsed options."""
 
 
-def _run_queries(args: argparse.Namespace, runtime: Runtime, queries: list[Any], name: str) -> tuple[dict, Any]:
+def load_runtime(args: argparse.Namespace) -> EvalRuntime:
+    """Model, config and engine factory for ``vigil eval ... run`` (SetupError when the model cannot be had)."""
+    from serving.runtime import engine_factory, load_model, validated_config
+
+    config = validated_config(
+        model={"name": args.model, "device": args.device, "dtype": args.dtype},
+        perception={"fps": args.fps},
+        memory={"budget_tokens": args.budget, "archive": "none"},
+        engine={"kind": args.engine, "max_new_tokens": args.max_new_tokens, "kv_cap_tokens": args.budget + 4096},
+    )
+    adapter = load_model(config)
+    return EvalRuntime(adapter, config, engine_factory(adapter))
+
+
+def _run_queries(args: argparse.Namespace, runtime: EvalRuntime, queries: list[Any], name: str) -> tuple[dict, Any]:
     from tqdm import tqdm
 
     from evaluation.runner import run
@@ -314,7 +338,7 @@ def _sb_run(setup: RunnerSetup) -> Handler:
     return run_sb
 
 
-def _sb_proactive(args: argparse.Namespace, runtime: Runtime, questions: list[Any]) -> list[dict]:
+def _sb_proactive(args: argparse.Namespace, runtime: EvalRuntime, questions: list[Any]) -> list[dict]:
     """Proactive Output in native mode: the decision module decides when to answer (scored with the same rule)."""
     import asyncio
 
@@ -372,9 +396,9 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--budget", type=int, default=8192, help="memory budget in visual tokens")
 
 
-def register(subparsers: argparse._SubParsersAction, setup: RunnerSetup | None = None) -> None:
-    """Add the ``eval`` command (statistics, official scoring, and runs when ``setup`` provides a model)."""
-    ev = subparsers.add_parser("eval", help="benchmark statistics and official scoring")
+def register(commands: Commands, setup: RunnerSetup | None = load_runtime) -> None:
+    """Add the ``eval`` command: statistics, official scoring, and runs when ``setup`` provides a model."""
+    ev = commands.add("eval", help="benchmark statistics and official scoring")
     benches = ev.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
 
     ovo = benches.add_parser("ovo", help="OVO-Bench").add_subparsers(dest="action", required=True)

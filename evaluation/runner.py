@@ -23,7 +23,8 @@ from typing import Any, Literal
 from assistant.config import VigilConfig
 from assistant.orchestrator import LiveSession, Orchestrator
 from assistant.reaction import EngineFactory
-from assistant.sources import SourceError, VideoFileSource, aiter_frames
+from assistant.sources import SourceError, VideoFileSource
+from evaluation.stretches import SourceCursor, Stretch
 
 log = logging.getLogger(__name__)
 
@@ -111,20 +112,19 @@ async def _play(
     max_new_tokens: int,
 ) -> float:
     """Feed the video up to ``until`` s, asking each query once every frame up to its time is in."""
-    pending = sorted(queries, key=lambda q: q.ask_time)
     stream_t = 0.0
-    source = VideoFileSource(video, fps=fps, end=until + 0.5 / fps)
-    with source:
-        async with contextlib.aclosing(aiter_frames(source)) as frames:
-            async for frame in frames:
-                while pending and frame.t > pending[0].ask_time:
-                    q = pending.pop(0)
-                    on_answer(q, await _ask(live, q, max_new_tokens))
-                await live.wait_for_room()
-                live.push_frame(frame.image, t=frame.t)
-                stream_t = frame.t
-    for q in pending:  # at or past the end of the video
-        on_answer(q, await _ask(live, q, max_new_tokens))
+    with SourceCursor(VideoFileSource(video, fps=fps, end=until + 0.5 / fps)) as cursor:
+        for q in sorted(queries, key=lambda q: q.ask_time):  # one at or past the end is asked at the end
+            stream_t = await _feed(live, cursor.upto(q.ask_time), stream_t)
+            on_answer(q, await _ask(live, q, max_new_tokens))
+        stream_t = await _feed(live, cursor.rest(), stream_t)
+    return stream_t
+
+
+async def _feed(live: LiveSession, stretch: Stretch, stream_t: float) -> float:
+    """Play a stretch losslessly; the stream time of its last frame (``stream_t`` when it had none)."""
+    async for t in live.play(stretch, lossless=True):
+        stream_t = t
     return stream_t
 
 
@@ -219,23 +219,17 @@ async def _proactive_one(
 
     live = await orchestrator.create_session()
     try:
-        added = False
-        source = VideoFileSource(q.video, fps=fps, end=q.until + 0.5 / fps)
-        with source:
-            async with contextlib.aclosing(aiter_frames(source)) as frames:
-                async for frame in frames:
-                    if not added and frame.t >= q.ask_time:
-                        await live.wait_idle()
-                        live.add_instruction(
-                            InstructionMonitor(
-                                q.instruction, interval_s=1.0, probe=q.probe, answer_prompt=q.answer_prompt
-                            )
-                        )
-                        added = True
-                    await live.wait_for_room()
-                    live.push_frame(frame.image, t=frame.t)
-                    if any(e.type == "answer_done" and e.kind == "instruction" for e in live.events.since(0)):
-                        break
+        with SourceCursor(VideoFileSource(q.video, fps=fps, end=q.until + 0.5 / fps)) as cursor:
+            await _feed(live, cursor.upto(q.ask_time, inclusive=False), 0.0)
+            if cursor.next_t is not None:  # the video reaches ask_time: give the instruction there
+                await live.wait_idle()
+                live.add_instruction(
+                    InstructionMonitor(q.instruction, interval_s=1.0, probe=q.probe, answer_prompt=q.answer_prompt)
+                )
+                async with contextlib.aclosing(live.play(cursor.rest(), lossless=True)) as stamps:
+                    async for _ in stamps:
+                        if any(e.type == "answer_done" and e.kind == "instruction" for e in live.events.since(0)):
+                            break
         await live.wait_idle()
         events = live.events.since(0)
         fired = next((e for e in events if e.type == "trigger" and e.kind == "instruction"), None)

@@ -3,12 +3,12 @@
 Runs any engine (``--engine hf|vllm|remote``) on a checkpoint or on a real-size architecture with random
 weights (``--arch``: the real compute cost, no download). The stream is synthetic (random kept tokens at the
 drop's keep ratio, as ``vigil bench latency`` uses), so the figures are the engine's alone. With ``--arch`` and
-the vLLM engine, the random model is saved to a directory first so that vLLM can load it.
+the vLLM engine, the random model is saved to a directory first so that vLLM can load it. The command's options
+are in ``serving.cli.bench``.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import statistics
 import sys
@@ -20,7 +20,7 @@ from typing import Any
 from assistant.config import EngineConfig, VigilConfig
 from assistant.reaction import AnswerDone, AnswerRequest, ReactionEngine
 from assistant.session import Session
-from evaluation.report import percentile
+from serving.bench_tools import SyntheticStream, percentile, synthetic_updates
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +69,8 @@ def _median(values: list[float]) -> float:
     return statistics.median(values) if values else 0.0
 
 
-def _config(cfg: EngineBenchConfig, engine: EngineConfig) -> VigilConfig:
+def bench_vigil_config(cfg: EngineBenchConfig, engine: EngineConfig) -> VigilConfig:
+    """The config the benchmark runs: its memory budget and answer length on the given engine."""
     return VigilConfig(
         perception={"fps": cfg.fps},
         memory={"budget_tokens": cfg.budget_tokens, "archive": "none"},
@@ -83,12 +84,10 @@ def _config(cfg: EngineBenchConfig, engine: EngineConfig) -> VigilConfig:
 
 
 def _updates(adapter: Any, cfg: EngineBenchConfig, minutes: float, seed: int) -> list[Any]:
-    from evaluation.bench_latency import LatencyBenchConfig, synthetic_updates
-
-    latency = LatencyBenchConfig(fps=cfg.fps, grid=cfg.grid, keep_ratio=cfg.keep_ratio, seed=seed)
-    steps = max(1, round(minutes * 60 * cfg.fps / latency.frames_per_step))
-    interval = adapter.time_interval(latency.frames_per_step / cfg.fps)
-    return list(synthetic_updates(latency, adapter.hidden_size, steps, interval))
+    stream = SyntheticStream(fps=cfg.fps, grid=cfg.grid, keep_ratio=cfg.keep_ratio, seed=seed)
+    steps = max(1, round(minutes * 60 * cfg.fps / stream.frames_per_step))
+    interval = adapter.time_interval(stream.frames_per_step / cfg.fps)
+    return list(synthetic_updates(stream, adapter.hidden_size, steps, interval))
 
 
 async def _ask(engine: ReactionEngine, sid: str, question: str, t: float) -> AnswerDone:
@@ -112,7 +111,7 @@ async def run_engine_bench(
     adapter: Any, engine: ReactionEngine, engine_config: EngineConfig, cfg: EngineBenchConfig
 ) -> dict[str, Any]:
     """Both measurements on one engine; returns a JSON-ready result."""
-    config = _config(cfg, engine_config)
+    config = bench_vigil_config(cfg, engine_config)
     lengths: list[LengthRow] = []
     for n, minutes in enumerate(cfg.minutes):
         sid = f"len{n}"
@@ -190,7 +189,7 @@ def format_engine_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _vllm_loadable(adapter: Any) -> Any:
+def vllm_loadable(adapter: Any) -> Any:
     """A random-weight adapter saved to a directory (vLLM loads checkpoints from disk)."""
     import json
     from dataclasses import asdict as dc_asdict
@@ -215,89 +214,3 @@ def _vllm_loadable(adapter: Any) -> Any:
         json.dump(preprocessor, fh)
     adapter.name = directory
     return adapter
-
-
-def _parse(args: argparse.Namespace) -> EngineBenchConfig:
-    try:
-        cfg = EngineBenchConfig(
-            minutes=tuple(float(m) for m in args.minutes.split(",")),
-            sessions=tuple(int(s) for s in args.sessions.split(",")),
-            fps=args.fps,
-            grid=tuple(int(g) for g in args.grid.lower().split("x")),
-            keep_ratio=args.keep_ratio,
-            budget_tokens=args.budget,
-            questions=args.questions,
-            max_new_tokens=args.max_new_tokens,
-            concurrent_minutes=args.concurrent_minutes,
-        )
-    except ValueError as exc:
-        raise ValueError(f"invalid benchmark options: {exc}") from None
-    if len(cfg.grid) != 2 or min(cfg.minutes) <= 0 or min(cfg.sessions) < 1 or not 0 < cfg.keep_ratio <= 1:
-        raise ValueError("--grid is ROWSxCOLS, --minutes positive, --sessions >= 1, --keep-ratio in (0, 1]")
-    if cfg.questions < 1 or cfg.max_new_tokens < 1:
-        raise ValueError("--questions and --max-new-tokens must be at least 1")
-    return cfg
-
-
-def cmd_bench_engine(args: argparse.Namespace) -> int:
-    """Run the benchmark and write ``engine-<kind>.json`` / ``.md`` to ``--out``."""
-    from evaluation.report import write_report
-    from serving.runtime import SetupError, bench_model, make_engine
-
-    try:
-        cfg = _parse(args)
-        engine_config = EngineConfig(
-            kind=args.engine,
-            vllm={
-                "gpu_memory_utilization": args.gpu_memory_utilization,
-                "max_model_len": args.max_model_len,
-                "tensor_parallel_size": args.tensor_parallel_size,
-            },
-            remote={"urls": tuple(args.remote_url or ()), "served_model": args.remote_model},
-        )
-    except ValueError as exc:
-        raise SetupError(str(exc)) from None
-    adapter = bench_model(args.model, arch=args.arch, device=args.device, dtype=args.dtype)
-    if args.engine == "vllm":
-        adapter = _vllm_loadable(adapter)
-    config = _config(cfg, engine_config)
-    engine = make_engine(config.engine, adapter)
-
-    async def run() -> dict[str, Any]:
-        try:
-            return await run_engine_bench(adapter, engine, config.engine, cfg)
-        finally:
-            await engine.shutdown()
-
-    result = asyncio.run(run())
-    table = format_engine_table(result)
-    print(table)
-    for path in write_report(args.out, f"engine-{args.engine}", result, table):
-        print(f"wrote {path}", file=sys.stderr)
-    return 0
-
-
-def register(bench: argparse._SubParsersAction) -> None:
-    """Add ``vigil bench engine`` to the ``bench`` subcommands."""
-    p = bench.add_parser("engine", help="reaction-engine TTFT vs stream length, concurrent sessions, tokens/s")
-    p.add_argument("--engine", default="hf", choices=["hf", "vllm", "remote"])
-    p.add_argument("--model", default="tiny", help="checkpoint (ignored with --arch)")
-    p.add_argument("--arch", default=None, help="real-size random-weight architecture: qwen2.5-vl-3b, qwen2.5-vl-7b")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
-    p.add_argument("--minutes", default="1,5,15", help="stream lengths in minutes (comma-separated)")
-    p.add_argument("--sessions", default="1,4,8", help="concurrent session counts (comma-separated)")
-    p.add_argument("--concurrent-minutes", type=float, default=1.0, help="stream length of each concurrent session")
-    p.add_argument("--fps", type=float, default=1.0)
-    p.add_argument("--grid", default="16x16", help="visual tokens per step before dropping, ROWSxCOLS")
-    p.add_argument("--keep-ratio", type=float, default=0.3, help="share of tokens kept by the drop")
-    p.add_argument("--budget", type=int, default=8192, help="memory budget in visual tokens")
-    p.add_argument("--questions", type=int, default=4, help="questions per stream length")
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--gpu-memory-utilization", type=float, default=0.85, help="vLLM's share of GPU memory")
-    p.add_argument("--max-model-len", type=int, default=None, help="vLLM context length")
-    p.add_argument("--tensor-parallel-size", type=int, default=1)
-    p.add_argument("--remote-url", action="append", default=None, help="replica base URL (repeatable)")
-    p.add_argument("--remote-model", default=None, help="model name the replicas serve")
-    p.add_argument("--out", default="out/bench-engine", help="output folder (JSON and markdown)")
-    p.set_defaults(func=cmd_bench_engine)

@@ -10,6 +10,7 @@ import pytest
 
 from evaluation.cli import format_table, register
 from evaluation.streamingbench import load_questions, result_record, write_results
+from serving.cli.commands import Commands
 
 
 @pytest.fixture(scope="module")
@@ -20,14 +21,14 @@ def data(shared_data: Path) -> Path:
 def run(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="vigil")
     sub = parser.add_subparsers(dest="command", required=True)
-    register(sub)
+    register(Commands(sub))
     args = parser.parse_args(argv)
     return args.func(args)
 
 
 def test_every_subcommand_sets_func() -> None:
     parser = argparse.ArgumentParser(prog="vigil")
-    register(parser.add_subparsers(dest="command", required=True))
+    register(Commands(parser.add_subparsers(dest="command", required=True)))
     for argv in (
         ["eval", "ovo", "stats", "--anno", "a.json"],
         ["eval", "ovo", "score", "r.json", "--strict", "--json", "o.json"],

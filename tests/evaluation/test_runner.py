@@ -12,6 +12,8 @@ import pytest
 from evaluation import ovo_bench
 from evaluation.synthetic import write_clip
 
+pytestmark = pytest.mark.slow
+
 
 def vigil(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "serving.cli", *args], capture_output=True, text=True, timeout=600)

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from serving.cli import main
+
+pytestmark = pytest.mark.slow
 
 
 def test_bench_engine_writes_ttft_cache_and_throughput(tiny_model_dir, tmp_path, capsys) -> None:

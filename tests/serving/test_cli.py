@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import sys
@@ -43,6 +44,7 @@ def test_perceive_pixel_jsonl_on_real_video(real_clips) -> None:
     assert [s["frame"] for s in steps] == list(range(len(steps)))
 
 
+@pytest.mark.slow
 def test_perceive_feature_mode_with_tiny_model(clip, vigil_home) -> None:
     out = vigil("perceive", str(clip[0]), "--model", "tiny", "--fps", "1", "--jsonl")
     assert out.returncode == 0, out.stderr
@@ -73,6 +75,10 @@ def test_perceive_human_output(clip) -> None:
         (["serve", "--api-key", "short"], "at least 8 characters"),
         (["serve", "--port", "70000"], "server.port"),
         (["serve", "--max-fps", "0"], "max_fps"),
+        (["bench", "latency", "--grid", "8"], "ROWSxCOLS"),
+        (["bench", "lag", "--sessions", "0"], "--sessions are positive"),
+        (["bench", "engine", "--grid", "axb"], "invalid benchmark options"),
+        (["make-clip", "/nonexistent/folder/clip.mp4"], "could not write"),
     ],
 )
 def test_bad_input_exits_2_with_one_clear_line(clip, args: list[str], message: str) -> None:
@@ -80,6 +86,40 @@ def test_bad_input_exits_2_with_one_clear_line(clip, args: list[str], message: s
     assert out.returncode == 2
     assert message in out.stderr
     assert "Traceback" not in out.stderr
+    assert [line for line in out.stderr.splitlines() if line.startswith("vigil: error:")] != []
+
+
+def test_help_lists_every_command_group() -> None:
+    script = Path(sys.executable).parent / "vigil"
+    assert script.is_file(), f"the vigil script is not installed next to {sys.executable}"
+    out = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    listed = [line.split()[0] for line in out.stdout.splitlines() if line.startswith("    ") and line.split()]
+    for command in ("perceive", "watch", "serve", "demo", "bench", "eval", "make-clip", "make-tiny-model"):
+        assert command in listed, out.stdout
+    bench = subprocess.run([str(script), "bench", "--help"], capture_output=True, text=True, timeout=120)
+    assert "{latency,lag,scene,all,api,engine}" in bench.stdout  # evaluation's benchmarks and serving's, one group
+
+
+def test_serving_imports_neither_evaluation_nor_demos() -> None:
+    root = Path(__file__).resolve().parents[2]
+    files = sorted((root / "serving").rglob("*.py"))
+    assert root / "serving" / "cli" / "main.py" in files
+    wrong = []
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""] if node.level == 0 else []
+            else:
+                continue
+            wrong += [
+                f"{path.relative_to(root)}:{node.lineno} {n}"
+                for n in names
+                if n.split(".")[0] in ("evaluation", "demos")
+            ]
+    assert wrong == []
 
 
 def test_not_a_video(tmp_path) -> None:
@@ -89,6 +129,7 @@ def test_not_a_video(tmp_path) -> None:
     assert out.returncode == 2 and "cannot open" in out.stderr
 
 
+@pytest.mark.slow
 def test_watch_answers_at_stream_times(clip, vigil_home) -> None:
     out = vigil(
         "watch",
@@ -115,6 +156,7 @@ def test_watch_answers_at_stream_times(clip, vigil_home) -> None:
     assert summary["frames"] == 12
 
 
+@pytest.mark.slow
 def test_bench_latency_writes_outputs(tmp_path, vigil_home) -> None:
     out = vigil(
         "bench",
@@ -142,6 +184,7 @@ def test_bench_latency_writes_outputs(tmp_path, vigil_home) -> None:
     assert "TTFT p50" in out.stdout
 
 
+@pytest.mark.slow
 def test_bench_lag_reports_every_session_count(tmp_path, vigil_home) -> None:
     out = vigil(
         "bench", "lag", "--sessions", "1,2", "--seconds", "4", "--answer-tokens", "8", "--out", str(tmp_path / "lag")
@@ -154,6 +197,7 @@ def test_bench_lag_reports_every_session_count(tmp_path, vigil_home) -> None:
         assert r["lag_max_s"] >= r["lag_p95_s"] >= r["lag_p50_s"] >= 0
 
 
+@pytest.mark.slow
 def test_bench_scene_scores_a_clip(clip, tmp_path) -> None:
     out = vigil("bench", "scene", str(clip[0]), "--fps", "4", "--out", str(tmp_path / "scene"))
     assert out.returncode == 0, out.stderr
@@ -164,6 +208,7 @@ def test_bench_scene_scores_a_clip(clip, tmp_path) -> None:
     assert vigil("bench", "scene", "/nonexistent.mp4").returncode == 2
 
 
+@pytest.mark.slow
 def test_bench_all_quick_writes_every_part(tmp_path, vigil_home) -> None:
     out = vigil("bench", "all", "--quick", "--out", str(tmp_path / "all"))
     assert out.returncode == 0, out.stderr
