@@ -60,6 +60,13 @@ def register(commands: Commands) -> None:
 
     _register_api(bench)
 
+    p = bench.add_parser("gpu", help="the prepared real-size run on one GPU (a smoke run with the tiny model on CPU)")
+    p.add_argument("--arch", default="qwen2.5-vl-7b", help="real-size random-weight architecture")
+    p.add_argument("--smoke", action="store_true", help="the small CPU run with the tiny model (default without CUDA)")
+    p.add_argument("--deadline", type=float, default=450.0, help="seconds after which no new part starts")
+    p.add_argument("--out", default="out/bench-gpu", help="output folder (gpu.json, gpu.md)")
+    p.set_defaults(func=cmd_bench_gpu)
+
 
 def _register_api(bench: argparse._SubParsersAction) -> None:
     p = bench.add_parser("api", help="load test of the HTTP API: sessions streaming frames, every frame accounted")
@@ -209,3 +216,31 @@ def cmd_bench_api(args: argparse.Namespace) -> int:
         Path(args.out).mkdir(parents=True, exist_ok=True)
         (Path(args.out) / "api-load.json").write_text(json.dumps(result, indent=2))
     return 0 if result["all_accounted"] else 1
+
+
+def cmd_bench_gpu(args: argparse.Namespace) -> int:
+    """Every part of the GPU protocol that fits the deadline; writes gpu.json and gpu.md to ``--out``."""
+    import dataclasses
+
+    import torch
+
+    from evaluation.bench_gpu import GpuBenchConfig, format_gpu_tables, run_gpu_bench
+    from serving.bench_tools import write_report
+
+    if args.deadline <= 0:
+        raise CliError(f"--deadline must be positive, got {args.deadline:g}")
+    smoke = args.smoke or not torch.cuda.is_available()
+    if smoke and not args.smoke:
+        print("vigil: no CUDA device here: running the smoke run with the tiny model", file=sys.stderr)
+    cfg = GpuBenchConfig.smoke() if smoke else GpuBenchConfig(arch=args.arch)
+    cfg = dataclasses.replace(cfg, deadline_s=args.deadline)
+    if cfg.arch is None:
+        adapter = bench_model("tiny", device="cpu", dtype=cfg.dtype)
+    else:
+        adapter = bench_model("", arch=cfg.arch, device="cuda", dtype=cfg.dtype)
+    result = run_gpu_bench(adapter, engine_factory(adapter), cfg)
+    table = format_gpu_tables(result)
+    print(table)
+    for path in write_report(args.out, "gpu", result, table):
+        print(f"wrote {path}", file=sys.stderr)
+    return 0

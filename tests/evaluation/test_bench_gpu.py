@@ -1,23 +1,26 @@
-"""The prepared GPU benchmark, as its CPU smoke run with the tiny model."""
+"""The prepared GPU benchmark, as its CPU smoke run with the tiny model (what ``vigil bench gpu`` does here)."""
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from pathlib import Path
 
 import pytest
 
-from evaluation.bench_gpu import GpuBenchConfig, format_gpu_tables, run_gpu_bench
-from serving.runtime import engine_factory
+from evaluation.bench_gpu import GpuBenchConfig
+from serving.cli import main
 
 
 @pytest.mark.slow
-def test_smoke_run_measures_every_part(tiny_adapter: Any) -> None:
+def test_smoke_run_measures_every_part(tiny_model_dir: Path, tmp_path: Path) -> None:
+    assert main(["bench", "gpu", "--smoke", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "gpu.json").read_text())
     cfg = GpuBenchConfig.smoke()
-    result = run_gpu_bench(tiny_adapter, engine_factory(tiny_adapter), cfg)
 
     assert result["skipped"] == []
+    assert result["device"]["name"] == "cpu"
     assert result["perception"]["frames"] == cfg.perception_frames - 1
-    assert result["perception"]["frames_per_s"] > 0
+    assert 0 < result["perception"]["weighted_drop_ratio"] < 1  # the panning scene is partly dropped
     capacity = result["capacity"]
     assert [r["sessions"] for r in capacity["runs"]] == list(cfg.sessions[: len(capacity["runs"])])
     assert capacity["max_realtime_sessions"] in (0, *cfg.sessions)
@@ -27,6 +30,11 @@ def test_smoke_run_measures_every_part(tiny_adapter: Any) -> None:
     assert (one["sessions"], two["sessions"]) == (1, 2)
     assert two["kv_bytes_total"] == 2 * two["kv_bytes_per_session"]  # equal streams hold equal KV
     assert one["kv_bytes_per_session"] == two["kv_bytes_per_session"]  # a session's KV does not depend on others
-    tables = format_gpu_tables(result)
+    tables = (tmp_path / "gpu.md").read_text()
     for heading in ("| perception |", "| sessions | lag p50", "TTFT p50", "KV MiB per session"):
         assert heading in tables
+
+
+def test_a_bad_deadline_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "gpu", "--smoke", "--deadline", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "vigil: error: --deadline must be positive, got 0"
