@@ -14,7 +14,7 @@ import gradio as gr
 from assistant.config import VigilConfig
 from demos.errors import UiError
 from demos.login import KeyLogin
-from demos.registry import SessionRegistry
+from demos.registry import TabRegistry
 from demos.settings import SessionSettings
 from demos.ui_sessions import UiSession
 from serving.auth import ANONYMOUS
@@ -40,7 +40,7 @@ class AppContext:
 
     service: VigilService
     config: VigilConfig
-    registry: SessionRegistry
+    registry: TabRegistry
     login: KeyLogin | None = None
     """Set when the server has API keys: who a logged-in user name acts as."""
     answer_options: dict[str, Any] = field(default_factory=dict)

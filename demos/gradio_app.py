@@ -24,7 +24,7 @@ from demos.endpoints import wire_endpoints
 from demos.layout import build_page
 from demos.login import KeyLogin
 from demos.page import wire_page
-from demos.registry import SessionRegistry
+from demos.registry import TabRegistry
 from demos.views import model_banner
 from serving.service import VigilService
 
@@ -61,7 +61,7 @@ def build_app(
     ctx = AppContext(
         service,
         config,
-        SessionRegistry(service, idle_timeout_s=timeout),
+        TabRegistry(service, idle_timeout_s=timeout),
         login=login,
         answer_options=answer_options,
         url_prefixes=tuple(config.server.video_allow if allow_urls is None else allow_urls),
@@ -75,7 +75,7 @@ def build_app(
     return demo
 
 
-def sessions_of(demo: gr.Blocks) -> SessionRegistry:
+def sessions_of(demo: gr.Blocks) -> TabRegistry:
     """The session registry of an app built by ``build_app`` (to close its sessions on shutdown)."""
     return demo.vigil_sessions
 

@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
-class SessionRegistry:
+class TabRegistry:
     """The app's tabs and API clients, each with its own session created through the service.
 
     A tab's session ends when the tab closes (``close_tab``) or after ``idle_timeout_s`` without a sign of life

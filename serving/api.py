@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-import sys
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -77,29 +76,6 @@ def create_app(
     if mount is not None:
         mount(app, service, config, keys)
     return app
-
-
-def run_server(config: VigilConfig) -> int:
-    """Load the model and engine, then serve until interrupted (``vigil serve``)."""
-    import uvicorn
-
-    from serving.runtime import Runtime
-
-    server_config = config.server
-    sock = socket.socket(socket.AF_INET6 if ":" in server_config.host else socket.AF_INET)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((server_config.host, server_config.port))
-    port = sock.getsockname()[1]
-    url = f"http://{server_config.host}:{port}"
-    if server_config.public_url is None:
-        config = config.model_copy(update={"server": server_config.model_copy(update={"public_url": url})})
-    app = Runtime.load(config).api_app()
-    print(f"vigil: serving {config.model.name} on {url}" + (f" (app at {url}/ui)" if config.server.ui else ""))
-    print(f"vigil: API docs at {url}/docs", flush=True)
-    sys.stdout.flush()
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5))
-    server.run(sockets=[sock])
-    return 0
 
 
 class BackgroundServer:

@@ -15,8 +15,8 @@ from assistant.config import LimitsConfig
 from assistant.orchestrator import SessionClosedError
 from assistant.sources import FrameTimeError, InvalidFrameError
 from serving.errors import ServiceError, closed
+from serving.hosted import Hosted
 from serving.metrics import Metrics
-from serving.registry import Hosted
 from serving.schemas import FramesResult
 
 

@@ -5,50 +5,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from assistant.events import ErrorEvent
 from assistant.orchestrator import SessionClosedError
 from assistant.sources import FrameSource, Pace, SourceError, open_source
 from serving.errors import ServiceError
+from serving.hosted import Hosted, Playback
 from serving.metrics import Metrics
 from serving.schemas import VideoView
 
 if TYPE_CHECKING:
-    from serving.registry import Hosted, SessionRegistry
-
-
-@dataclass
-class Playback:
-    """A video played into a session as if it were live."""
-
-    source: str
-    task: asyncio.Task | None = None
-    frames: int = 0
-    duration_s: float | None = None
-    end_reason: str | None = None
-    error: str | None = None
-    cleanup: str | None = None
-    """Temporary upload to delete when playback ends."""
-
-    @property
-    def state(self) -> str:
-        """``playing``, ``failed``, ``stopped`` or ``finished``."""
-        if self.task is None or not self.task.done():
-            return "playing"
-        return "failed" if self.error else ("stopped" if self.task.cancelled() else "finished")
-
-    def view(self) -> VideoView:
-        """The playback as clients see it."""
-        return VideoView(
-            state=self.state,
-            source=self.source,
-            frames=self.frames,
-            duration_s=self.duration_s,
-            end_reason=self.end_reason,
-            error=self.error,
-        )
+    from serving.registry import SessionRegistry
 
 
 def _remove(path: str | None) -> None:

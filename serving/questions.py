@@ -9,7 +9,7 @@ from assistant.decision import InstructionMonitor
 from assistant.events import AnswerFinished
 from assistant.orchestrator import SessionClosedError
 from serving.errors import ServiceError, closed
-from serving.registry import Hosted
+from serving.hosted import Hosted
 
 
 class QueuedAnswer(NamedTuple):

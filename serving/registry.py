@@ -10,65 +10,21 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass, field
 
 from pydantic import ValidationError
 
 from assistant.config import VigilConfig, format_validation_error
-from assistant.orchestrator import LiveSession, Orchestrator
+from assistant.orchestrator import Orchestrator
 from serving.directory import DirectoryError, SessionDirectory, SessionRecord
 from serving.errors import ServiceError, directory_call, not_found
+from serving.hosted import Hosted
 from serving.limits import TokenBucket
 from serving.metrics import Metrics
-from serving.playback import Playback
 from serving.schemas import SessionCreate, SessionView
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 2.0
-
-
-@dataclass
-class Hosted:
-    """A session that runs on this worker."""
-
-    live: LiveSession
-    record: SessionRecord
-    config: VigilConfig
-    bucket: TokenBucket
-    idle_timeout_s: float
-    """Closed after this long without activity (``math.inf``: its front end ends it)."""
-    last_active: float = field(default_factory=time.monotonic)
-    frames_in: int = 0
-    subscribers: int = 0
-    playback: Playback | None = None
-    watcher: asyncio.Task | None = None
-
-    @property
-    def playing(self) -> bool:
-        """A video plays into the session."""
-        return self.playback is not None and self.playback.state == "playing"
-
-    @property
-    def busy(self) -> bool:
-        """Something is going on: a video, a listener, frames or answers in flight."""
-        return self.playing or self.subscribers > 0 or not self.live.idle
-
-    def touch(self) -> None:
-        """Note activity (the idle reaper spares the session)."""
-        self.last_active = time.monotonic()
-
-    def view(self) -> SessionView:
-        """The session as clients see it."""
-        return SessionView(
-            id=self.record.id,
-            status="live" if not self.live.closed else "closed",
-            worker=self.record.worker,
-            created=self.record.created,
-            stream_t=self.live.last_frame_t,
-            options=self.record.options,
-            video=self.playback.view() if self.playback else None,
-        )
 
 
 def record_view(record: SessionRecord) -> SessionView:

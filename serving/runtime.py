@@ -1,6 +1,6 @@
-"""The composition root: config → model → engine → orchestrator → service, for the CLI, the API and the app.
+"""The composition root: config → model → engine → orchestrator → service → served, for the CLI, the API and the app.
 
-Nothing here parses arguments or speaks HTTP; the edges (``serving.cli``, ``serving.api``, the browser app) take
+Nothing here parses arguments or handles a request; the edges (``serving.cli``, ``serving.api``, the browser app) take
 what this builds. Optional front ends plug in through entry points, so ``serving`` never imports them:
 
 - ``vigil.ui``: a function ``mount(app, service, config, keys)`` that mounts a browser app on the API server;
@@ -121,3 +121,24 @@ class Runtime:
 
         mount = ui_mount() if self.config.server.ui else None
         return create_app(self.config, self.orchestrator, model_name=self.config.model.name, mount=mount, **kwargs)
+
+
+def serve(config: VigilConfig) -> int:
+    """Load the model and engine, then serve the API (and the app with ``server.ui``) until interrupted."""
+    import socket
+
+    import uvicorn
+
+    server_config = config.server
+    sock = socket.socket(socket.AF_INET6 if ":" in server_config.host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((server_config.host, server_config.port))
+    url = f"http://{server_config.host}:{sock.getsockname()[1]}"
+    if server_config.public_url is None:
+        config = config.model_copy(update={"server": server_config.model_copy(update={"public_url": url})})
+    app = Runtime.load(config).api_app()
+    print(f"vigil: serving {config.model.name} on {url}" + (f" (app at {url}/ui)" if config.server.ui else ""))
+    print(f"vigil: API docs at {url}/docs", flush=True)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5))
+    server.run(sockets=[sock])
+    return 0

@@ -27,10 +27,11 @@ from serving import questions
 from serving.directory import LocalDirectory, SessionDirectory
 from serving.errors import ServiceError
 from serving.frame_gate import FrameGate
+from serving.hosted import Hosted, Playback
 from serving.metrics import Metrics
-from serving.playback import Playback, VideoPlayer
+from serving.playback import VideoPlayer
 from serving.questions import QueuedAnswer
-from serving.registry import Hosted, SessionRegistry
+from serving.registry import SessionRegistry
 from serving.schemas import FramesResult, MemoryView, SessionCreate, SessionView, VideoView
 from serving.stats import memory_view
 from serving.streams import EventStreams

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from assistant.reaction import ReactionEngine
-from serving.registry import Hosted
+from serving.hosted import Hosted
 from serving.schemas import FrameCounts, MemoryStats, MemoryView, PerceptionStats
 
 

@@ -13,7 +13,8 @@ from typing import Any
 from assistant.events import SessionEvent
 from serving.directory import DirectoryError, SessionDirectory
 from serving.errors import closed, directory_call
-from serving.registry import Hosted, SessionRegistry
+from serving.hosted import Hosted
+from serving.registry import SessionRegistry
 
 KEEPALIVE_S = 15.0
 

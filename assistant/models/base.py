@@ -2,25 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
 from assistant.models.preprocess import VisualGeometry
+from assistant.models.prompt import PromptLayout, VisionTokenIds
 
-if TYPE_CHECKING:
-    from assistant.models.prompt import PromptLayout
-
-
-@dataclass(frozen=True, slots=True)
-class VisionTokenIds:
-    """Special token ids that frame visual content in the prompt."""
-
-    vision_start: int
-    vision_end: int
-    image_pad: int
-    video_pad: int
+__all__ = ["PromptLayout", "VisionLanguageAdapter", "VisionTokenIds"]
 
 
 @runtime_checkable

@@ -16,7 +16,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from assistant.models.base import VisionTokenIds
+
+@dataclass(frozen=True, slots=True)
+class VisionTokenIds:
+    """Special token ids that frame visual content in the prompt."""
+
+    vision_start: int
+    vision_end: int
+    image_pad: int
+    video_pad: int
+
 
 QWEN_VL_FAMILIES = ("qwen2_vl", "qwen2_5_vl")
 """Families that frame each image with vision start/end tokens."""

@@ -13,7 +13,7 @@ from serving.cli.options import (
     build_config,
     server_section,
 )
-from serving.runtime import validated_config
+from serving.runtime import serve, validated_config
 
 
 def register(commands: Commands) -> None:
@@ -29,10 +29,8 @@ def register(commands: Commands) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Load the model and serve the API until interrupted."""
-    from serving.api import run_server
-
     if args.redis_url and args.archive == "memory":
         args.archive = "redis"
     config = build_config(args)
     config = validated_config(**{**config.model_dump(), "server": server_section(args)})
-    return run_server(config)
+    return serve(config)

@@ -20,7 +20,7 @@ from assistant.events import (
 )
 from assistant.orchestrator import Orchestrator
 from demos.errors import SessionRefused, UiError
-from demos.registry import SessionRegistry
+from demos.registry import TabRegistry
 from demos.settings import SessionSettings, make_settings
 from demos.ui_sessions import UiSession
 from demos.views import figures, model_banner, stats_markdown, status_banner
@@ -113,7 +113,7 @@ def test_tabs_end_on_close_or_when_they_go_quiet(tiny_adapter) -> None:
     async def main() -> None:
         orchestrator = Orchestrator(HFEngine(tiny_adapter, BASE.engine), tiny_adapter, BASE)
         service = VigilService(BASE, orchestrator)
-        registry = SessionRegistry(service, idle_timeout_s=60)
+        registry = TabRegistry(service, idle_timeout_s=60)
         settings, _ = make_settings(BASE, 2, None, 2048, "scene")
         first = await registry.open(settings, tab="tab-1")
         second = await registry.open(settings, tab="tab-2")
@@ -172,7 +172,7 @@ def test_tab_sessions_are_service_sessions_under_its_limits(tiny_adapter, camera
 
     async def main() -> None:
         service = VigilService(config, Orchestrator(HFEngine(tiny_adapter, config.engine), tiny_adapter, config))
-        registry = SessionRegistry(service, idle_timeout_s=60)
+        registry = TabRegistry(service, idle_timeout_s=60)
         settings, _ = make_settings(config, 2, None, 1024, "off")
         first = await registry.open(settings, tab="tab-1")
         listed = await service.list(ANONYMOUS)
