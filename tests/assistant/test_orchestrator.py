@@ -13,6 +13,7 @@ from assistant.orchestrator import Orchestrator, SessionClosedError
 from assistant.sources import VideoFileSource
 from evaluation.synthetic import write_clip
 from serving.engines.hf import HFEngine
+from tests.support import await_until
 
 
 class SlowEngine(HFEngine):
@@ -42,9 +43,7 @@ def _frame(i: int) -> np.ndarray:
 
 
 async def _settle(live, frames: int, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while live.processed_frames < frames and time.monotonic() < deadline:
-        await asyncio.sleep(0.02)
+    await await_until(lambda: live.processed_frames >= frames, timeout, what=f"{frames} frames processed")
 
 
 def run(coro):

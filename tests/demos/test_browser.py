@@ -13,6 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.support import wait_until
+
 from .conftest import RunningApp, app_config
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -175,10 +177,8 @@ def test_live_chat_in_a_real_browser(browser_app: RunningApp, camera_y4m: Path, 
         assert not ui.live.closed
     finally:
         driver.quit()
-    deadline = time.monotonic() + 30
-    while not ui.live.closed and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert ui.live.closed and ui.ended == "tab closed"
+    wait_until(lambda: ui.live.closed, 30, 0.2, "the closed tab's session to end")
+    assert ui.ended == "tab closed"
 
 
 def test_a_denied_camera_shows_a_banner(browser_app: RunningApp, tmp_path, artifact_saver) -> None:

@@ -13,6 +13,7 @@ from PIL import Image
 
 from assistant.reaction import EngineError
 from serving.engines.hf import HFEngine
+from tests.support import wait_until
 
 from .conftest import app_config
 
@@ -44,16 +45,6 @@ def push(client: Client, sid: str, path: Path, t: float | None) -> dict:
     return client.predict(sid, handle_file(str(path)), t, api_name="/push_frame")
 
 
-def wait_for(predicate, timeout: float = 30.0, every: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"condition not met within {timeout} s")
-
-
 def test_a_session_watches_answers_and_ends(client: Client, app, frame_files: list[Path]) -> None:
     started = start(client, instructions="tell me when a bike passes")
     sid = started["session_id"]
@@ -69,7 +60,7 @@ def test_a_session_watches_answers_and_ends(client: Client, app, frame_files: li
     for i, path in enumerate(frame_files):
         reply = push(client, sid, path, i * 0.5)
         assert reply["status"] == "accepted" and reply["accepted"] is True
-    stats = wait_for(
+    stats = wait_until(
         lambda: (s := client.predict(sid, api_name="/stats"))["processed_frames"] == len(frame_files) and s
     )
     assert stats["steps"] == len(frame_files) // 2 and 0 < stats["memory_tokens"] <= stats["memory_budget"] == 2048
@@ -142,7 +133,7 @@ def test_bad_input_gets_a_clear_error_and_the_session_goes_on(
 
     # the session is unharmed: frames go on, questions are answered, the rejects are counted
     assert push(client, sid, frame_files[3], 1.0)["accepted"]
-    wait_for(lambda: client.predict(sid, api_name="/stats")["processed_frames"] == 3)
+    wait_until(lambda: client.predict(sid, api_name="/stats")["processed_frames"] == 3)
     assert client.predict(sid, "and now?", api_name="/ask")["text"]
     stats = client.predict(sid, api_name="/stats")
     assert stats["frames_dropped"] == {"backpressure": 0, "invalid": 2, "failed": 0}
@@ -157,7 +148,7 @@ def test_clients_have_independent_sessions(app, frame_files: list[Path]) -> None
     assert a != b
     for i, path in enumerate(frame_files[:4]):
         push(first, a, path, i * 0.5)
-    wait_for(lambda: first.predict(a, api_name="/stats")["processed_frames"] == 4)
+    wait_until(lambda: first.predict(a, api_name="/stats")["processed_frames"] == 4)
     assert second.predict(b, api_name="/stats")["processed_frames"] == 0
     assert not [e for e in second.predict(b, 0, api_name="/events")["events"] if e["type"] == "frame_accepted"]
     first.predict(a, api_name="/end_session")
@@ -179,7 +170,7 @@ def test_instructions_and_a_video_file_played_as_live(client: Client, real_clips
     playing = client.predict(sid, handle_file(str(real_clips["bikes"])), "", api_name="/play")
     assert playing == {"playing": "bikes.mp4"}
     start_wall = time.monotonic()
-    stats = wait_for(lambda: (s := client.predict(sid, api_name="/stats"))["processed_frames"] >= 4 and s)
+    stats = wait_until(lambda: (s := client.predict(sid, api_name="/stats"))["processed_frames"] >= 4 and s)
     # played as live: 4 frames at 2 fps take about 1.5 s of wall time, not a burst
     assert time.monotonic() - start_wall >= 1.0 and stats["playing"] == "bikes.mp4"
     assert client.predict(sid, api_name="/stop") == {"stopped": True}

@@ -8,12 +8,7 @@ from typing import Any
 
 import pytest
 
-
-def _wait(predicate: Any, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
+from tests.support import wait_until
 
 
 @pytest.fixture
@@ -148,7 +143,7 @@ def test_video_upload_is_played_as_live(api: Any, session: str, real_clips: Any)
         )
         assert r.status_code == 202, r.text
         assert r.json()["state"] == "playing" and r.json()["source"] == "bunny.mp4"
-        _wait(lambda: c.get(f"/v1/sessions/{session}/video").json()["state"] != "playing")
+        wait_until(lambda: c.get(f"/v1/sessions/{session}/video").json()["state"] != "playing", 60)
         video = c.get(f"/v1/sessions/{session}/video").json()
         assert video["state"] == "finished" and video["frames"] >= 5
         api.call(api.service.hosted[session].live.wait_idle(120))
@@ -255,11 +250,12 @@ def test_answer_stream_disconnect_cancels_the_answer(api: Any, session: str, too
             first = next(tools.sse_events(r))
             assert first["event"] == "answer_start"
         live = api.service.hosted[session].live
-        _wait(
+        wait_until(
             lambda: any(
                 e.type == "answer_done" and e.finish_reason in ("cancelled", "stop", "length")
                 for e in live.events.since(0)
-            )
+            ),
+            60,
         )
         done = [e for e in live.events.since(0) if e.type == "answer_done"]
         assert done[-1].generated_tokens < 2000
@@ -276,7 +272,7 @@ def test_server_side_video_on_the_allow_list(start_server: Any, real_clips: Any)
         assert r2.status_code in (202, 409)  # 409 while the first still plays
         if r2.status_code == 409:
             assert r2.json()["error"]["code"] == "video_playing"
-        _wait(lambda: c.get(f"/v1/sessions/{sid}/video").json()["state"] != "playing")
+        wait_until(lambda: c.get(f"/v1/sessions/{sid}/video").json()["state"] != "playing", 60)
         assert c.get(f"/v1/sessions/{sid}/video").json()["frames"] >= 5
         sneaky = str(clip.parent / ".." / ".." / "__init__.py")  # resolves outside the allowed folder
         r = c.post(f"/v1/sessions/{sid}/video", json={"source": sneaky})
