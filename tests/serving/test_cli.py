@@ -98,7 +98,7 @@ def test_help_lists_every_command_group() -> None:
     for command in ("perceive", "watch", "serve", "demo", "bench", "eval", "make-clip", "make-tiny-model"):
         assert command in listed, out.stdout
     bench = subprocess.run([str(script), "bench", "--help"], capture_output=True, text=True, timeout=120)
-    assert "{latency,lag,scene,all,api,engine}" in bench.stdout  # evaluation's benchmarks and serving's, one group
+    assert "{latency,lag,scene,all,api,gpu,engine}" in bench.stdout  # evaluation's benchmarks and serving's, one group
 
 
 def test_serving_imports_neither_evaluation_nor_demos() -> None:
