@@ -78,6 +78,7 @@ def test_instruction_rising_edge_with_hysteresis() -> None:
         InstructionMonitor("  ")
 
 
+@pytest.mark.slow
 def test_scene_cuts_in_a_real_decoded_clip(tmp_path) -> None:
     clip = write_clip(tmp_path / "cuts.mp4", seconds=40, cut_times=(7.0, 15.5, 24.0, 31.0))
     perception = Perception(PerceptionConfig(fps=4, frames_per_step=1, drop={"mode": "pixel"}))

@@ -388,6 +388,7 @@ def test_http_stream_gives_the_same_frames_as_the_file(clip: Path) -> None:
     assert list(source) == [] and "already been read" in source.end.message
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["drop", "stall"])
 def test_stream_that_stops_sending_ends_with_error(tmp_path: Path, mode: str) -> None:
     payload = write_clip(tmp_path / "noise.ts", container_format="mpegts", noise=True).read_bytes()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from assistant.config import VigilConfig
 from assistant.orchestrator import Orchestrator
 from demos.assets import camera_js
@@ -30,6 +32,7 @@ def test_the_camera_script_is_package_data_with_the_banner_style() -> None:
     assert "Camera permission denied" in script
 
 
+@pytest.mark.slow
 def test_tabs_idle_out_after_the_configured_ui_timeout(tiny_adapter) -> None:
     from demos.gradio_app import build_app, sessions_of
 

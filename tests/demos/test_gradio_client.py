@@ -45,6 +45,7 @@ def push(client: Client, sid: str, path: Path, t: float | None) -> dict:
     return client.predict(sid, handle_file(str(path)), t, api_name="/push_frame")
 
 
+@pytest.mark.slow
 def test_a_session_watches_answers_and_ends(client: Client, app, frame_files: list[Path]) -> None:
     started = start(client, instructions="tell me when a bike passes")
     sid = started["session_id"]
@@ -99,6 +100,7 @@ def test_a_session_watches_answers_and_ends(client: Client, app, frame_files: li
     assert client.predict(sid, api_name="/end_session") == {"closed": False}
 
 
+@pytest.mark.slow
 def test_bad_input_gets_a_clear_error_and_the_session_goes_on(
     client: Client, frame_files: list[Path], tmp_path
 ) -> None:
@@ -141,6 +143,7 @@ def test_bad_input_gets_a_clear_error_and_the_session_goes_on(
     client.predict(sid, api_name="/end_session")
 
 
+@pytest.mark.slow
 def test_clients_have_independent_sessions(app, frame_files: list[Path]) -> None:
     first, second = Client(app.url, verbose=False), Client(app.url, verbose=False)
     a = start(first, proactive="off")["session_id"]
@@ -156,6 +159,7 @@ def test_clients_have_independent_sessions(app, frame_files: list[Path]) -> None
     second.predict(b, api_name="/end_session")
 
 
+@pytest.mark.slow
 def test_instructions_and_a_video_file_played_as_live(client: Client, real_clips: dict[str, Path]) -> None:
     sid = start(client, proactive="off")["session_id"]
     added = client.predict(sid, "tell me when a car stops", api_name="/add_instruction")
@@ -199,6 +203,7 @@ class FlakyEngine(HFEngine):
         return super().answer(session_id, request)
 
 
+@pytest.mark.slow
 def test_engine_failures_are_reported_clearly(tiny_adapter, app_server, app_stopper, frame_files) -> None:
     from demos.views import status_banner
 

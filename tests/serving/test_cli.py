@@ -27,6 +27,7 @@ def clip(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[float]]:
     return path, info["cut_times"]
 
 
+@pytest.mark.slow
 def test_perceive_pixel_jsonl_on_real_video(real_clips) -> None:
     out = vigil("perceive", str(real_clips["bikes"]), "--fps", "2", "--jsonl")
     assert out.returncode == 0, out.stderr
@@ -53,6 +54,7 @@ def test_perceive_feature_mode_with_tiny_model(clip, vigil_home) -> None:
     assert summary["stage_seconds"]["encode"] > 0
 
 
+@pytest.mark.slow
 def test_perceive_human_output(clip) -> None:
     out = vigil("perceive", str(clip[0]), "--drop-mode", "pixel")
     assert out.returncode == 0, out.stderr
@@ -81,6 +83,7 @@ def test_perceive_human_output(clip) -> None:
         (["make-clip", "/nonexistent/folder/clip.mp4"], "could not write"),
     ],
 )
+@pytest.mark.slow
 def test_bad_input_exits_2_with_one_clear_line(clip, args: list[str], message: str) -> None:
     out = vigil(*[a.replace("{clip}", str(clip[0])) for a in args])
     assert out.returncode == 2
@@ -122,6 +125,7 @@ def test_serving_imports_neither_evaluation_nor_demos() -> None:
     assert wrong == []
 
 
+@pytest.mark.slow
 def test_not_a_video(tmp_path) -> None:
     bad = tmp_path / "notes.mp4"
     bad.write_text("this is not a video")

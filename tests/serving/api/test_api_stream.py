@@ -20,6 +20,7 @@ def session(api: Any) -> Any:
         c.delete(f"/v1/sessions/{sid}")
 
 
+@pytest.mark.slow
 def test_frames_from_a_real_clip_then_questions_three_ways(api: Any, session: str, real_clips: Any, tools: Any) -> None:
     frames = tools.clip_frames(real_clips["bigbuckbunny"], 12)
     with api.client() as c:
@@ -135,6 +136,7 @@ def test_websocket_stream_frames_in_events_out(api: Any, session: str, tools: An
     assert api.service.hosted[session].frames_in == 4  # the bad frame was refused, the session kept working
 
 
+@pytest.mark.slow
 def test_video_upload_is_played_as_live(api: Any, session: str, real_clips: Any) -> None:
     data = real_clips["bigbuckbunny"].read_bytes()
     with api.client() as c:

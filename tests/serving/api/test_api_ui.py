@@ -52,6 +52,7 @@ def _metric(text: str, name: str) -> float:
     return float(line.split()[1])
 
 
+@pytest.mark.slow
 def test_a_tab_session_is_a_session_of_the_service(start_server: Any, tmp_path: Path) -> None:
     from gradio_client import Client, handle_file
 
@@ -75,6 +76,7 @@ def test_a_tab_session_is_a_session_of_the_service(start_server: Any, tmp_path: 
         assert _metric(c.get("/metrics").text, "vigil_sessions") == 0.0
 
 
+@pytest.mark.slow
 def test_tab_sessions_belong_to_the_login_key_and_its_session_limit(start_server: Any) -> None:
     from gradio_client import Client
     from gradio_client.exceptions import AppError
@@ -98,6 +100,7 @@ def test_tab_sessions_belong_to_the_login_key_and_its_session_limit(start_server
         assert theirs.post("/ui/login", data={"username": "alice", "password": keys[1]}).status_code >= 400
 
 
+@pytest.mark.slow
 def test_tab_sessions_end_when_the_server_stops(start_server: Any) -> None:
     from gradio_client import Client
 
