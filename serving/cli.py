@@ -119,9 +119,10 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-model-len", type=int, default=None, help="vllm: context length")
     g.add_argument(
         "--visual-input",
-        choices=["embeds", "frames"],
+        choices=["kept", "embeds", "frames"],
         default=None,
-        help="vllm: kept visual embeddings from our perception (default) or kept raw frames encoded by vLLM",
+        help="vllm/remote: kept tokens only (Vigil's vLLM plugin), kept embeddings as whole grids, or kept raw "
+        "frames encoded by vLLM",
     )
     g.add_argument(
         "--remote-url",

@@ -69,6 +69,23 @@ def vllm_qwen(tiny_adapter, loop_thread):
     loop_thread.run(engine.shutdown())
 
 
+@pytest.fixture(scope="session")
+def vllm_kept(tiny_adapter, loop_thread):
+    """The in-process vLLM engine on the tiny Qwen2.5-VL with kept-token items (Vigil's plugin model)."""
+    from assistant.config import EngineConfig
+    from serving.engines.vllm import VLLMEngine
+
+    config = EngineConfig(
+        kind="vllm",
+        max_new_tokens=12,
+        kv_cap_tokens=10240,
+        vllm={"visual_input": "kept", "max_model_len": 16384, "compaction_every": 4},
+    )
+    engine = VLLMEngine(tiny_adapter, config, enforce_eager=True)
+    yield engine
+    loop_thread.run(engine.shutdown())
+
+
 def build_tiny_llava(directory: Path, seed: int = 0) -> Path:
     """A deterministic tiny LLaVA (CLIP tower, Llama text model, PIL-only image processor) saved to ``directory``."""
     import torch
