@@ -10,8 +10,8 @@ of each request is reported as ``AnswerStats.cached_tokens``.
 items with their (t, h, w) offsets, to the kept-token models of ``serving.engines.vllm_kept`` (registered by the
 ``vllm.general_plugins`` entry point; the checkpoint is pointed at them with ``hf_overrides``): vLLM then holds
 what the transformers engine holds, at the same positions. ``'embeds'`` hands stock vLLM the visual embeddings
-as whole grids (``image_embeds`` with their grids: exact M-RoPE positions, whole-chunk granularity). ``'frames'`` hands it
-the kept raw frames, encoded by vLLM's own vision tower (any VLM vLLM supports; the memory entries must carry
+as whole grids (``image_embeds`` with their grids: exact M-RoPE positions, whole-chunk granularity). ``'frames'``
+hands it the kept raw frames, encoded by vLLM's own vision tower (any VLM vLLM supports; the memory entries must carry
 their frames). vLLM is imported with this module; ``build_engine`` reports a clear error when it is missing.
 """
 

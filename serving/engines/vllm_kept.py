@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -73,7 +73,7 @@ def kept_fields_config(
 class KeptDataParser(Qwen2VLMultiModalDataParser):
     """Qwen-VL's parser; ``image_embeds`` dicts may also carry ``image_num_tokens`` and ``image_positions``."""
 
-    embedding_fields = {
+    embedding_fields: ClassVar[Mapping[str, Mapping[str, Any]]] = {
         **Qwen2VLMultiModalDataParser.embedding_fields,
         "image": {
             **Qwen2VLMultiModalDataParser.embedding_fields["image"],
