@@ -121,7 +121,7 @@ class VLLMOptions(_Config):
     max_model_len: int | None = Field(None, ge=512, le=4_000_000, description="Context length (default: model's).")
     max_num_seqs: int = Field(64, ge=1, le=4096, description="Requests batched together at most.")
     visual_input: Literal["kept", "embeds", "frames"] = Field(
-        "embeds",
+        "kept",
         description="'kept': only our perception's kept tokens, at their own positions (Vigil's vLLM plugin "
         "models, Qwen2-VL / Qwen2.5-VL); 'embeds': the kept embeddings as whole grids (stock vLLM, Qwen-VL); "
         "'frames': the kept raw frames, encoded by vLLM (any VLM vLLM supports).",

@@ -121,8 +121,8 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
         "--visual-input",
         choices=["kept", "embeds", "frames"],
         default=None,
-        help="vllm/remote: kept tokens only (Vigil's vLLM plugin), kept embeddings as whole grids, or kept raw "
-        "frames encoded by vLLM",
+        help="vllm/remote: kept tokens only (Vigil's vLLM plugin; default, Qwen-VL), kept embeddings as whole "
+        "grids (stock vLLM), or kept raw frames encoded by vLLM (any VLM)",
     )
     g.add_argument(
         "--remote-url",

@@ -48,6 +48,7 @@ from assistant.reaction import (
     UnknownSessionError,
 )
 from memory.store import Evict, MemoryEntry, Pool, Prune
+from serving.engines.vllm_plugin import hf_overrides
 
 __all__ = [
     "Segment",
@@ -138,6 +139,8 @@ class SegmentContext:
     def __init__(self, adapter: VisionLanguageAdapter, config: EngineConfig, visual_input: VisualInput) -> None:
         if visual_input not in ("kept", "embeds", "frames"):
             raise ValueError(f"visual_input must be 'kept', 'embeds' or 'frames', got {visual_input!r}")
+        if visual_input == "kept":
+            hf_overrides(adapter.family)  # a clear error for a family without a kept-token model
         self.adapter = adapter
         self.config = config
         self.visual_input = visual_input

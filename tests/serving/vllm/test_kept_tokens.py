@@ -9,12 +9,14 @@ import pytest
 
 pytest.importorskip("vllm", reason="vLLM is not installed here (the .ci/vllm environment has it)")
 
-from assistant.config import VigilConfig
+from assistant.config import EngineConfig, VigilConfig
 from assistant.reaction import AnswerDelta, AnswerDone, AnswerRequest
 from assistant.session import Session
 from serving.engines.hf import HFEngine
 
 pytestmark = pytest.mark.vllm
+
+SERVED_NAME = "tiny-served"
 
 QUESTIONS = {11: "what is happening?", 23: "what changed?", 35: "what do you see now?", 44: "is it moving?"}
 """Frame index (2 fps) -> the question asked after it."""
@@ -52,7 +54,7 @@ async def _ask(engine, sid: str, request: AnswerRequest) -> tuple[list[int], Ans
     return ids, done
 
 
-async def _watch(engine, adapter, clip, sid: str) -> dict:
+async def _watch(engine, adapter, clip, sid: str, remember: bool = True) -> dict:
     """Play the clip through a live session (drop on), ask at the QUESTIONS frames; what each engine saw."""
     from assistant.sources import VideoFileSource
 
@@ -66,7 +68,7 @@ async def _watch(engine, adapter, clip, sid: str) -> dict:
                 if i in QUESTIONS:
                     await engine.sync(sid)
                     contexts.append(engine.session_stats(sid).kv_tokens)
-                    answers.append(await _ask(engine, sid, AnswerRequest(QUESTIONS[i], frame.t)))
+                    answers.append(await _ask(engine, sid, AnswerRequest(QUESTIONS[i], frame.t, remember=remember)))
                 if i == max(QUESTIONS):
                     break
         drop = session.perception.stats.weighted_drop_ratio
@@ -96,3 +98,33 @@ def test_kept_tokens_answer_as_the_transformers_engine(tiny_adapter, vllm_kept, 
     # each question reuses the synced context (vLLM caches whole 128-token blocks on CPU: less than one short)
     for context, hit in zip(got["contexts"], cached, strict=True):
         assert context - 128 < hit <= context, (got["contexts"], cached)
+
+
+def test_the_remote_engine_sends_kept_items_to_vllm_serve(tiny_adapter, vllm_server, loop_thread, spliced_clip) -> None:
+    """The same stream through ``vllm serve`` with the plugin: kept-token parts over HTTP answer as transformers.
+
+    The questions are not remembered: the server tokenizes the rendered chat text whole, which can join the
+    tokens of a dialogue turn differently at segment borders; timestamps and questions border special tokens."""
+    from serving.engines.remote import RemoteEngine
+
+    config = EngineConfig(
+        kind="remote",
+        max_new_tokens=12,
+        kv_cap_tokens=10240,
+        vllm={"visual_input": "kept"},
+        remote={"urls": [vllm_server], "served_model": SERVED_NAME, "timeout_s": 120, "retries": 1},
+    )
+    hf = HFEngine(tiny_adapter, config)
+    want = asyncio.run(_watch(hf, tiny_adapter, spliced_clip, "remote-kept", remember=False))
+    asyncio.run(hf.shutdown())
+    remote = RemoteEngine(tiny_adapter, config)
+    got = loop_thread.run(_watch(remote, tiny_adapter, spliced_clip, "remote-kept", remember=False))
+    loop_thread.run(remote.shutdown())
+
+    assert got["held"] == want["held"] and len(got["answers"]) == len(QUESTIONS)
+    for (want_ids, want_done), (ids, done) in zip(want["answers"], got["answers"], strict=True):
+        assert ids == want_ids and done.text == want_done.text
+    assert got["contexts"] == want["contexts"]
+    prompts = [done.stats.cached_tokens for _, done in got["answers"]]
+    for context, hit in zip(got["contexts"], prompts, strict=True):
+        assert context - 128 < hit <= context, (got["contexts"], prompts)
