@@ -267,7 +267,7 @@ def test_kept_items_carry_only_the_kept_tokens_and_their_offsets(tiny_adapter, r
             assert payload["image_num_tokens"] == [entry.num_tokens] and payload["image_grid_thw"] == [1, 8, 12]
             assert torch.equal(_decode_tensor(payload["image_embeds"]), entry.embeddings.float())
             offsets = _decode_tensor(payload["image_positions"])  # [K, 3]
-            assert offsets.tolist() == [[0, int(h), int(w)] for h, w in zip(*entry.positions[1:].tolist())]
+            assert offsets.tolist() == [[0, int(h), int(w)] for h, w in entry.positions[1:].T.tolist()]
         assert sum(e.num_tokens for e in entries) < 6 * 24  # the drop removed tokens; nothing fills them in
         state = engine.context.get("k")
         framing = engine.layout.image_framing
