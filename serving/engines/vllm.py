@@ -169,13 +169,16 @@ class VLLMEngine(PrefixCachedEngine):
         if self.visual_input == "frames":
             return [_to_image(image.frames) for image in images]
         m = self.adapter.geometry.merge_size
-        embeds = torch.cat([image.embeds for image in images]).to(self.adapter.dtype)  # [sum tokens, D]
         grids = torch.tensor([[1, image.grid[0] * m, image.grid[1] * m] for image in images])  # [n, 3] in patches
-        data = {"image_embeds": embeds, "image_grid_thw": grids}
-        if self.visual_input == "kept":  # the fields of serving.engines.vllm_kept
-            data["image_positions"] = torch.cat([image.offsets for image in images])  # [sum K, 3] long
-            data["image_num_tokens"] = torch.tensor([[image.embeds.shape[0]] for image in images])  # [n, 1]
-        return data
+        if self.visual_input == "kept":  # the batched fields of serving.engines.vllm_kept, one element per item
+            return {
+                "image_embeds": [image.embeds.to(self.adapter.dtype) for image in images],  # n x [K_i, D]
+                "image_grid_thw": grids,
+                "image_positions": [image.offsets for image in images],  # n x [K_i, 3] long
+                "image_num_tokens": torch.tensor([[image.embeds.shape[0]] for image in images]),  # [n, 1]
+            }
+        embeds = torch.cat([image.embeds for image in images]).to(self.adapter.dtype)  # [sum gh*gw, D]
+        return {"image_embeds": embeds, "image_grid_thw": grids}
 
     async def _generate(self, state: SessionState, prompt: dict, params: SamplingParams) -> AsyncIterator[Any]:
         """vLLM's outputs for one request; a consumer that stops early aborts it."""

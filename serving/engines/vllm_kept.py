@@ -11,10 +11,12 @@ What they add: an ``image_embeds`` item may carry two extra fields,
 - ``image_positions``: [N, 3] long, each kept token's (t, h, w) M-RoPE offset inside the item,
 
 with ``image_embeds`` [N, D] holding only the kept tokens and ``image_grid_thw`` the step's whole grid (in
-patches, as usual). The prompt then holds N placeholder tokens for the item, the item's tokens take the positions
-``offset + start`` where ``start`` is where a whole grid would start (the previous position + 1), and the text
-after it continues at the item's largest position + 1: exactly how the transformers engine places kept tokens.
-Prefix caching hashes the item by its uuid as for any item.
+patches, as usual). Kept items are batched fields (in process: lists of per-item tensors), not flat ones: a flat
+field's every element carries the slices of all items, which makes each request's serialization to the engine
+core quadratic in the number of items. The prompt then holds N placeholder tokens for the item, the item's
+tokens take the positions ``offset + start`` where ``start`` is where a whole grid would start (the previous
+position + 1), and the text after it continues at the item's largest position + 1: exactly how the
+transformers engine places kept tokens. Prefix caching hashes the item by its uuid as for any item.
 
 vLLM internals this depends on (vLLM 0.32; ``tests/serving/vllm/test_kept_plugin.py`` fails if they move):
 ``Qwen2VLMultiModalDataParser`` (``embedding_fields``, ``embedding_field_sets``, ``DictEmbeddingItems``),
@@ -57,15 +59,12 @@ KEPT_FIELDS = frozenset({NUM_TOKENS, POSITIONS})
 def kept_fields_config(
     base: Mapping[str, MultiModalFieldConfig], hf_inputs: Mapping[str, Any]
 ) -> dict[str, MultiModalFieldConfig]:
-    """The family's field config plus the kept-token fields; items with ``image_num_tokens`` are sized by it."""
+    """The family's field config plus the kept-token fields; with ``image_num_tokens``, items are one element per
+    kept item (``image_embeds`` [N_i, D] and ``image_positions`` [N_i, 3] each)."""
     fields = dict(base)
-    counts = hf_inputs.get(NUM_TOKENS)
-    if counts is not None:
-        sizes = torch.as_tensor(counts).reshape(-1).long()  # [n] kept tokens per item
-        fields["image_embeds"] = MultiModalFieldConfig.flat_from_sizes("image", sizes)
-    else:  # no kept items: the positions field is declared but unused
-        sizes = torch.zeros(0, dtype=torch.long)
-    fields[POSITIONS] = MultiModalFieldConfig.flat_from_sizes("image", sizes, keep_on_cpu=True)
+    if hf_inputs.get(NUM_TOKENS) is not None:
+        fields["image_embeds"] = MultiModalFieldConfig.batched("image")
+    fields[POSITIONS] = MultiModalFieldConfig.batched("image", keep_on_cpu=True)
     fields[NUM_TOKENS] = MultiModalFieldConfig.batched("image", keep_on_cpu=True)
     return fields
 
@@ -166,11 +165,12 @@ class _KeptModelMixin:
             return super().embed_multimodal(**kwargs)
         if getattr(self, "is_multimodal_pruning_enabled", False):
             raise ValueError("kept-token image items cannot be combined with video pruning (video_pruning_rate)")
-        embeds = kwargs["image_embeds"]
-        if isinstance(embeds, list | tuple):
-            embeds = torch.cat(list(embeds))
+        embeds = kwargs["image_embeds"]  # [n, N, D] when the items are the same size, else n x [N_i, D]
+        items = list(embeds.unbind(0)) if isinstance(embeds, torch.Tensor) else list(embeds)
         sizes = torch.as_tensor(counts).reshape(-1).tolist()  # [n] kept tokens per item
-        return tuple(embeds.to(self.visual.dtype).split(sizes))  # n x [N_i, D]
+        if [int(e.shape[0]) for e in items] != sizes:
+            raise ValueError(f"kept image items hold {[e.shape[0] for e in items]} embeddings, expected {sizes}")
+        return tuple(e.to(self.visual.dtype) for e in items)
 
     def _relative_positions(self, feature: Any) -> np.ndarray:
         """[3, L] positions of one item relative to where its first token would start."""

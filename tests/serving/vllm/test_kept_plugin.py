@@ -106,9 +106,9 @@ def test_the_parser_reads_kept_items_with_their_extra_fields(tiny_adapter) -> No
     parser = KeptDataParser(2, expected_hidden_size=tiny_adapter.hidden_size)
     d = tiny_adapter.hidden_size
     data = {
-        "image_embeds": torch.randn(3 + 5, d),
+        "image_embeds": [torch.randn(3, d), torch.randn(5, d)],
         "image_grid_thw": torch.tensor([[1, 8, 12], [1, 8, 12]]),
-        "image_positions": torch.zeros(8, 3, dtype=torch.long),
+        "image_positions": [torch.zeros(3, 3, dtype=torch.long), torch.zeros(5, 3, dtype=torch.long)],
         "image_num_tokens": torch.tensor([[3], [5]]),
     }
     items = parser.parse_mm_data({"image": data})["image"]
