@@ -120,9 +120,10 @@ class VLLMOptions(_Config):
     gpu_memory_utilization: float = Field(0.85, gt=0.0, le=1.0, description="Share of GPU memory vLLM may take.")
     max_model_len: int | None = Field(None, ge=512, le=4_000_000, description="Context length (default: model's).")
     max_num_seqs: int = Field(64, ge=1, le=4096, description="Requests batched together at most.")
-    visual_input: Literal["embeds", "frames"] = Field(
-        "embeds",
-        description="'embeds': our perception's kept visual embeddings (exact positions, Qwen-VL); "
+    visual_input: Literal["kept", "embeds", "frames"] = Field(
+        "kept",
+        description="'kept': only our perception's kept tokens, at their own positions (Vigil's vLLM plugin "
+        "models, Qwen2-VL / Qwen2.5-VL); 'embeds': the kept embeddings as whole grids (stock vLLM, Qwen-VL); "
         "'frames': the kept raw frames, encoded by vLLM (any VLM vLLM supports).",
     )
     enforce_eager: bool = Field(False, description="Disable CUDA graphs (faster start, slower decode).")

@@ -32,6 +32,12 @@ def register(commands: Commands) -> None:
     p.add_argument("--gpu-memory-utilization", type=float, default=0.85, help="vLLM's share of GPU memory")
     p.add_argument("--max-model-len", type=int, default=None, help="vLLM context length")
     p.add_argument("--tensor-parallel-size", type=int, default=1)
+    p.add_argument(
+        "--visual-input",
+        default="kept",
+        choices=["kept", "embeds", "frames"],
+        help="vllm/remote: kept tokens only (default) or whole grids ('frames' needs frames the benchmark lacks)",
+    )
     p.add_argument("--remote-url", action="append", default=None, help="replica base URL (repeatable)")
     p.add_argument("--remote-model", default=None, help="model name the replicas serve")
     p.add_argument("--out", default="out/bench-engine", help="output folder (JSON and markdown)")
@@ -80,6 +86,7 @@ def cmd_bench_engine(args: argparse.Namespace) -> int:
                 "gpu_memory_utilization": args.gpu_memory_utilization,
                 "max_model_len": args.max_model_len,
                 "tensor_parallel_size": args.tensor_parallel_size,
+                "visual_input": args.visual_input,
             },
             remote={"urls": tuple(args.remote_url or ()), "served_model": args.remote_model},
         )
@@ -100,6 +107,7 @@ def cmd_bench_engine(args: argparse.Namespace) -> int:
     result = asyncio.run(run())
     table = format_engine_table(result)
     print(table)
-    for path in write_report(args.out, f"engine-{args.engine}", result, table):
+    name = f"engine-{args.engine}" + (f"-{args.visual_input}" if args.engine != "hf" else "")
+    for path in write_report(args.out, name, result, table):
         print(f"wrote {path}", file=sys.stderr)
     return 0

@@ -106,9 +106,10 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-model-len", type=int, default=None, help="vllm: context length")
     g.add_argument(
         "--visual-input",
-        choices=["embeds", "frames"],
+        choices=["kept", "embeds", "frames"],
         default=None,
-        help="vllm: kept visual embeddings from our perception (default) or kept raw frames encoded by vLLM",
+        help="vllm/remote: kept tokens only (Vigil's vLLM plugin; default, Qwen-VL), kept embeddings as whole "
+        "grids (stock vLLM), or kept raw frames encoded by vLLM (any VLM)",
     )
     g.add_argument(
         "--remote-url",

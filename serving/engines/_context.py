@@ -14,11 +14,15 @@ the context reaches its token cap, and are then dropped together (one compaction
 its own: the memory's context budget keeps the entries within the cap, and entries that still do not fit are
 rejected with an ``EngineError``. Texts and special tokens come from the adapter's ``PromptLayout``.
 
-Visual items have whole-chunk granularity. With precomputed embeddings (``embeds``) an item is the entry's
-whole token grid with its grid (t=1, h, w), which gives vLLM's M-RoPE the exact (h, w) positions; tokens the
-differential drop removed are filled with the latest kept value at the same position (the drop's own
-premise: they did not change). A Prune therefore leaves the item as it is. With raw frames (``frames``) an
-item is the entry's kept frames, encoded by the server's own vision tower.
+Visual items come in three forms (``visual_input``):
+
+- ``kept``: the entry's kept tokens only, [K, D] embeddings with their (t, h, w) offsets in the item, for the
+  kept-token models of ``serving.engines.vllm_kept`` (the same positions as the transformers engine). A Prune
+  leaves the item's tokens until the next compaction, which rebuilds the item (new uuid) like a removal.
+- ``embeds``: the entry's whole token grid with its grid (t=1, h, w), which gives stock vLLM's M-RoPE the exact
+  (h, w) positions; tokens the differential drop removed are filled with the latest kept value at the same
+  position (the drop's own premise: they did not change). A Prune leaves the item as it is.
+- ``frames``: the entry's kept frames, encoded by the server's own vision tower.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from assistant.reaction import (
     UnknownSessionError,
 )
 from memory.store import Evict, MemoryEntry, Pool, Prune
+from serving.engines.vllm_plugin import hf_overrides
 
 __all__ = [
     "Segment",
@@ -54,7 +59,7 @@ __all__ = [
     "split_frames",
 ]
 
-VisualInput = Literal["embeds", "frames"]
+VisualInput = Literal["kept", "embeds", "frames"]
 
 
 @dataclass(slots=True)
@@ -64,9 +69,15 @@ class VisualItem:
     uuid: str
     """Stable id: the server hashes the item by it for prefix caching."""
     entry_id: int
-    embeds: torch.Tensor | None = None  # [gh * gw, D] row-major over the token grid
+    embeds: torch.Tensor | None = None  # [gh * gw, D] row-major over the token grid; kept: [K, D]
     grid: tuple[int, int] | None = None  # (gh, gw) language-model tokens
     frames: torch.Tensor | None = None  # [T, H, W, 3] uint8
+    offsets: torch.Tensor | None = None  # kept: [K, 3] long (t, h, w) offset of each token in the item
+
+    def select(self, keep: torch.Tensor, uuid: str) -> VisualItem:
+        """A kept item restricted to ``keep`` ([K'] long local indices), under a new uuid."""
+        assert self.embeds is not None and self.offsets is not None
+        return VisualItem(uuid, self.entry_id, self.embeds[keep], self.grid, None, self.offsets[keep])
 
 
 @dataclass(slots=True)
@@ -86,6 +97,10 @@ class Segment:
     """Removed from the memory; stays in the prompt until the next compaction."""
     sent: bool = False
     """Has been part of a request (its KV may be cached); unsent segments are removed outright."""
+    pruned: VisualItem | None = None
+    """Kept items: the item after the Prunes not yet applied (at the next compaction)."""
+    version: int = 0
+    """Kept items: Prunes applied so far (part of the uuid, so a changed item is hashed afresh)."""
 
 
 @dataclass(slots=True)
@@ -100,6 +115,7 @@ class SessionState:
     pending_lock: threading.Lock = field(default_factory=threading.Lock)
     request_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     canvas: torch.Tensor | None = None  # [gh, gw, D] latest kept embedding at each grid position
+    grid: tuple[int, int] = (0, 0)  # kept: the largest token grid seen (the items' image_grid_thw)
     frames_by_entry: dict[int, torch.Tensor] = field(default_factory=dict)  # entry id -> [T, H, W, 3] uint8
     stale_count: int = 0
     compactions: int = 0
@@ -121,8 +137,10 @@ class SegmentContext:
     """Builds and maintains the segment lists of sessions for an engine that prompts a prefix-caching server."""
 
     def __init__(self, adapter: VisionLanguageAdapter, config: EngineConfig, visual_input: VisualInput) -> None:
-        if visual_input not in ("embeds", "frames"):
-            raise ValueError(f"visual_input must be 'embeds' or 'frames', got {visual_input!r}")
+        if visual_input not in ("kept", "embeds", "frames"):
+            raise ValueError(f"visual_input must be 'kept', 'embeds' or 'frames', got {visual_input!r}")
+        if visual_input == "kept":
+            hf_overrides(adapter.family)  # a clear error for a family without a kept-token model
         self.adapter = adapter
         self.config = config
         self.visual_input = visual_input
@@ -193,7 +211,9 @@ class SegmentContext:
         """The segment of a memory entry (``temporary``: a recalled entry, not folded into the canvas)."""
         tag = f"{state.nonce}-e{entry.entry_id}" + ("-recalled" if temporary else "")
         item = VisualItem(f"vigil-{state.session_id}-{tag}", entry.entry_id)
-        if self.visual_input == "embeds":
+        if self.visual_input == "kept":
+            item.embeds, item.offsets, item.grid = self._kept_tokens(state, entry)
+        elif self.visual_input == "embeds":
             item.embeds, item.grid = self._whole_grid(state, entry, temporary)
         else:
             item.frames = self._frames_of(state, entry)
@@ -215,6 +235,8 @@ class SegmentContext:
 
         def overhead(entry: MemoryEntry) -> int:
             stamp = len(self.layout.stamp_ids(entry.t_start))
+            if self.visual_input == "kept":
+                return stamp + self.layout.image_framing
             if self.visual_input == "embeds":
                 if entry.num_tokens:
                     grid[0] = max(grid[0], int(entry.positions[1].max()) + 1)
@@ -229,18 +251,36 @@ class SegmentContext:
 
         return overhead
 
-    def _whole_grid(
-        self, state: SessionState, entry: MemoryEntry, temporary: bool
-    ) -> tuple[torch.Tensor, tuple[int, int]]:
-        """The entry's whole token grid [gh * gw, D]: kept tokens, others from the latest value at their place."""
+    @staticmethod
+    def _embeddings(entry: MemoryEntry, mode: str) -> torch.Tensor:
+        """The entry's kept embeddings [K, D] on the CPU (clear errors when there are none)."""
         if entry.embeddings is None:
             raise EngineError(
-                "visual_input 'embeds' needs visual embeddings: perception must run the encoder "
+                f"visual_input {mode!r} needs visual embeddings: perception must run the encoder "
                 "(or use visual_input 'frames')"
             )
         if entry.num_tokens == 0:
             raise EngineError(f"memory entry {entry.entry_id} holds no tokens")
-        emb = entry.embeddings.detach().to("cpu")  # [K, D]
+        return entry.embeddings.detach().to("cpu")
+
+    def _kept_tokens(
+        self, state: SessionState, entry: MemoryEntry
+    ) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+        """The entry's kept embeddings [K, D], their (t, h, w) offsets [K, 3] and the session's token grid.
+
+        Offsets are those the transformers engine gives: every token at the item's temporal position, its grid
+        row and column added to the spatial ones (the text after the item follows its largest offset)."""
+        emb = self._embeddings(entry, "kept")  # [K, D]
+        rows, cols = entry.positions[1].cpu(), entry.positions[2].cpu()  # [K] grid row / col of each kept token
+        offsets = torch.stack([torch.zeros_like(rows), rows, cols], dim=1)  # [K, 3]
+        state.grid = (max(state.grid[0], int(rows.max()) + 1), max(state.grid[1], int(cols.max()) + 1))
+        return emb.clone(), offsets, state.grid
+
+    def _whole_grid(
+        self, state: SessionState, entry: MemoryEntry, temporary: bool
+    ) -> tuple[torch.Tensor, tuple[int, int]]:
+        """The entry's whole token grid [gh * gw, D]: kept tokens, others from the latest value at their place."""
+        emb = self._embeddings(entry, "embeds")  # [K, D]
         rows, cols = entry.positions[1].cpu(), entry.positions[2].cpu()  # [K] grid row / col of each kept token
         gh, gw = int(rows.max()) + 1, int(cols.max()) + 1
         canvas = state.canvas
@@ -290,7 +330,9 @@ class SegmentContext:
                 for i in change.entry_ids:
                     state.frames_by_entry.pop(i, None)
             elif isinstance(change, Prune):
-                continue  # whole-chunk granularity: the item stays as it is
+                if self.visual_input == "kept":
+                    self._prune(state, change)
+                # whole grids and frames: the item stays as it is
             elif isinstance(change, Pool):
                 self._remove(state, [f"e{i}" for i in change.source_ids])
                 if change.entry.num_tokens:
@@ -348,6 +390,21 @@ class SegmentContext:
             kept.append(seg)
         state.segments = kept
 
+    def _prune(self, state: SessionState, change: Prune) -> None:
+        """Kept items: an unsent item is cut at once; a sent one at the next compaction (counted as stale)."""
+        seg = next((s for s in state.segments if s.sid == f"e{change.entry_id}" and not s.stale), None)
+        if seg is None or seg.item is None:
+            return
+        base = seg.pruned or seg.item
+        keep = change.keep.to(torch.long).cpu()
+        if not seg.sent:
+            seg.item = base.select(keep, base.uuid)
+            seg.num_tokens = self.visual_tokens(seg.ids, seg.item)
+            return
+        if seg.pruned is None:
+            state.stale_count += 1
+        seg.pruned = base.select(keep, base.uuid)
+
     def maybe_compact(self, state: SessionState, reserve: int = 0) -> None:
         """Drop stale segments when enough accumulated or the cap (less ``reserve``) needs room; evicts nothing."""
         cap = self.config.kv_cap_tokens - reserve
@@ -359,6 +416,13 @@ class SegmentContext:
         if not state.stale_count:
             return
         state.segments = [s for s in state.segments if not s.stale]
+        for seg in state.segments:
+            if seg.pruned is not None:  # the pruned item replaces the old one in place, hashed afresh
+                base = seg.item.uuid if not seg.version else seg.item.uuid.rsplit("-v", 1)[0]
+                seg.version += 1
+                seg.item, seg.pruned = seg.pruned, None
+                seg.item.uuid = f"{base}-v{seg.version}"
+                seg.num_tokens = self.visual_tokens(seg.ids, seg.item)
         state.stale_count = 0
         state.compactions += 1
 

@@ -173,6 +173,7 @@ class HFEngine:
             max_new = request.max_new_tokens or self.config.max_new_tokens
             temperature = self.config.temperature if request.temperature is None else request.temperature
             ids: list[int] = []
+            streamed: list[int] = []  # the ids already carried by a delta
             emitted = ""
             finish = "length"
             ttft = 0.0
@@ -190,14 +191,15 @@ class HFEngine:
                         ttft = time.perf_counter() - started
                     text = self.tokenizer.decode(ids, skip_special_tokens=True)
                     if not text.endswith("\ufffd") and len(text) > len(emitted):
-                        yield AnswerDelta(text[len(emitted) :], (token,))
-                        emitted = text
+                        # every generated id rides on a delta, also those that added no text of their own
+                        yield AnswerDelta(text[len(emitted) :], tuple(ids[len(streamed) :]))
+                        emitted, streamed = text, list(ids)
                     if len(ids) == max_new:
                         break
                     logits = await self._run(self._decode, ctx, token)
                 text = self.tokenizer.decode(ids, skip_special_tokens=True)
-                if len(text) > len(emitted):
-                    yield AnswerDelta(text[len(emitted) :], ())
+                if len(text) > len(emitted) or len(ids) > len(streamed):
+                    yield AnswerDelta(text[len(emitted) :], tuple(ids[len(streamed) :]))
                 stats = AnswerStats(
                     synced_tokens=synced,
                     prompt_tokens=prompt_tokens,

@@ -124,8 +124,8 @@ class PrefixCachedEngine:
         self.context.queue(session_id, changes)
 
     def context_budget(self) -> ContextBudget:
-        """Each entry costs its item (whole grid or frames), timestamp and framing; the memory may fill the KV cap
-        less the header, the text window, a question and its answer."""
+        """Each entry costs its item (kept tokens, whole grid or frames), timestamp and framing; the memory may
+        fill the KV cap less the header, the text window, a question and its answer."""
         tokens = memory_context_tokens(self.config, len(self.context.header_ids))
         return ContextBudget(tokens, self.context.entry_overhead())
 

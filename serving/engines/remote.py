@@ -223,6 +223,9 @@ class RemoteEngine(PrefixCachedEngine):
             m = self.adapter.geometry.merge_size
             gh, gw = image.grid
             payload = {"image_embeds": _tensor_b64(image.embeds.float()), "image_grid_thw": [1, gh * m, gw * m]}
+            if image.offsets is not None:  # a kept-token item (serving.engines.vllm_kept's fields)
+                payload["image_positions"] = _tensor_b64(image.offsets.long())
+                payload["image_num_tokens"] = [int(image.embeds.shape[0])]
             part = {"type": "image_embeds", "image_embeds": payload, "uuid": image.uuid}
         else:
             part = {"type": "image_url", "image_url": {"url": _png_data_url(image.frames)}, "uuid": image.uuid}

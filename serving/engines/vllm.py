@@ -6,9 +6,12 @@ entry, the entries as multimodal items with stable ``multi_modal_uuids``, then t
 cache hashes items by uuid, so a question prefills only what changed since the last request; ``num_cached_tokens``
 of each request is reported as ``AnswerStats.cached_tokens``.
 
-``visual_input='embeds'`` hands vLLM the visual embeddings our perception computed (``image_embeds`` with
-their grids: exact M-RoPE positions, whole-chunk granularity, Qwen2-VL / Qwen2.5-VL). ``'frames'`` hands it
-the kept raw frames, encoded by vLLM's own vision tower (any VLM vLLM supports; the memory entries must carry
+``visual_input='kept'`` (Qwen2-VL / Qwen2.5-VL) hands vLLM only the kept tokens of each entry, as ``image_embeds``
+items with their (t, h, w) offsets, to the kept-token models of ``serving.engines.vllm_kept`` (registered by the
+``vllm.general_plugins`` entry point; the checkpoint is pointed at them with ``hf_overrides``): vLLM then holds
+what the transformers engine holds, at the same positions. ``'embeds'`` hands stock vLLM the visual embeddings
+as whole grids (``image_embeds`` with their grids: exact M-RoPE positions, whole-chunk granularity). ``'frames'``
+hands it the kept raw frames, encoded by vLLM's own vision tower (any VLM vLLM supports; the memory entries must carry
 their frames). vLLM is imported with this module; ``build_engine`` reports a clear error when it is missing.
 """
 
@@ -34,6 +37,7 @@ from assistant.models.base import VisionLanguageAdapter
 from assistant.reaction import AnswerRequest, EngineError
 from serving.engines._context import Segment, SessionState, VisualItem
 from serving.engines.prefix_core import Completion, Piece, PrefixCachedEngine, Usage
+from serving.engines.vllm_plugin import hf_overrides
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +62,13 @@ def engine_args(adapter: VisionLanguageAdapter, config: EngineConfig, **override
         "max_num_seqs": opts.max_num_seqs,
         "enforce_eager": opts.enforce_eager,
         "enable_prefix_caching": True,
-        "enable_mm_embeds": opts.visual_input == "embeds",
+        "enable_mm_embeds": opts.visual_input != "frames",
         "limit_mm_per_prompt": {"image": MAX_ITEMS_PER_PROMPT, "video": 0},
-        "skip_mm_profiling": opts.visual_input == "embeds",
+        "skip_mm_profiling": opts.visual_input != "frames",
         "seed": 0,
     }
+    if opts.visual_input == "kept":
+        kwargs["hf_overrides"] = hf_overrides(adapter.family)
     kwargs.update(overrides)
     return AsyncEngineArgs(**kwargs)
 
@@ -163,8 +169,15 @@ class VLLMEngine(PrefixCachedEngine):
         if self.visual_input == "frames":
             return [_to_image(image.frames) for image in images]
         m = self.adapter.geometry.merge_size
-        embeds = torch.cat([image.embeds for image in images]).to(self.adapter.dtype)  # [sum gh*gw, D]
         grids = torch.tensor([[1, image.grid[0] * m, image.grid[1] * m] for image in images])  # [n, 3] in patches
+        if self.visual_input == "kept":  # the batched fields of serving.engines.vllm_kept, one element per item
+            return {
+                "image_embeds": [image.embeds.to(self.adapter.dtype) for image in images],  # n x [K_i, D]
+                "image_grid_thw": grids,
+                "image_positions": [image.offsets for image in images],  # n x [K_i, 3] long
+                "image_num_tokens": torch.tensor([[image.embeds.shape[0]] for image in images]),  # [n, 1]
+            }
+        embeds = torch.cat([image.embeds for image in images]).to(self.adapter.dtype)  # [sum gh*gw, D]
         return {"image_embeds": embeds, "image_grid_thw": grids}
 
     async def _generate(self, state: SessionState, prompt: dict, params: SamplingParams) -> AsyncIterator[Any]:

@@ -125,11 +125,13 @@ def test_min_new_tokens_forces_long_answers(tiny_adapter) -> None:
         engine, session = await _started(tiny_adapter, _config())
         for update in _updates(tiny_adapter, 4):
             session.remember(update)
-        done = None
+        done, ids = None, []
         async for event in session.ask("go on", 8.0, max_new_tokens=40, min_new_tokens=40):
             done = event
+            ids += getattr(event, "token_ids", ())
         assert isinstance(done, AnswerDone) and done.stats.generated_tokens == 40
         assert done.stats.finish_reason == "length"
+        assert len(ids) == 40  # every generated id rides on a delta, also those that added no text
         await engine.shutdown()
 
     asyncio.run(run())

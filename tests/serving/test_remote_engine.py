@@ -8,7 +8,9 @@ blocks) and can be told to fail; tests/serving/vllm runs the same engine against
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
+import io
 import json
 import socket
 import threading
@@ -157,7 +159,7 @@ from assistant.reaction import AnswerDelta, AnswerDone, AnswerRequest, EngineErr
 from assistant.session import Session  # noqa: E402
 from evaluation.bench_latency import LatencyBenchConfig, synthetic_updates  # noqa: E402
 from memory.policies import SinkWindowPolicy  # noqa: E402
-from memory.store import VisualMemory  # noqa: E402
+from memory.store import Prune, VisualMemory  # noqa: E402
 from serving.engines import build_engine  # noqa: E402
 from serving.engines.remote import RemoteEngine, ReplicaUnavailableError  # noqa: E402
 
@@ -170,13 +172,14 @@ def replicas():
         replica.stop()
 
 
-def _config(urls: list[str], **remote: Any) -> VigilConfig:
+def _config(urls: list[str], visual_input: str = "kept", **remote: Any) -> VigilConfig:
     return VigilConfig(
         memory={"budget_tokens": 4096, "archive": "none"},
         engine={
             "kind": "remote",
             "max_new_tokens": 8,
             "kv_cap_tokens": 10240,
+            "vllm": {"visual_input": visual_input},
             "remote": {"urls": urls, "served_model": "tiny-served", "timeout_s": 5, "retries": 2, **remote},
         },
     )
@@ -199,7 +202,7 @@ async def _ask(engine, sid: str, question: str, t: float) -> tuple[list[str], An
 
 
 def test_sessions_pinned_prefix_reused_and_items_carry_stable_uuids(tiny_adapter, replicas) -> None:
-    config = _config([r.url for r in replicas])
+    config = _config([r.url for r in replicas], visual_input="embeds")
 
     async def run() -> None:
         engine = build_engine(config.engine, tiny_adapter)
@@ -233,6 +236,53 @@ def test_sessions_pinned_prefix_reused_and_items_carry_stable_uuids(tiny_adapter
         assert len(engine._parts) == 2 * 12  # each live item encoded once, reused by every request
         await b.close()
         assert len(engine._parts) == 12  # a closed session's encodings are freed
+        await engine.shutdown()
+
+    asyncio.run(run())
+
+
+def _decode_tensor(text: str) -> torch.Tensor:
+    return torch.load(io.BytesIO(base64.b64decode(text)), weights_only=True)
+
+
+def test_kept_items_carry_only_the_kept_tokens_and_their_offsets(tiny_adapter, replicas) -> None:
+    """``kept``: each part holds the entry's kept embeddings with image_num_tokens and image_positions (the
+    transformers engine's offsets); the context counts kept tokens only; a Prune reaches the item at the next
+    compaction (a new uuid), not before."""
+    config = _config([replicas[0].url])
+
+    async def run() -> None:
+        engine = RemoteEngine(tiny_adapter, config.engine)
+        session = Session("k", config, tiny_adapter, engine)
+        await session.start()
+        for update in _updates(tiny_adapter, 6):
+            session.remember(update)
+        _, done = await _ask(engine, "k", "what now?", 24.0)
+        assert done.text
+        parts = [p for p in replicas[0].requests[-1]["messages"][1]["content"] if p["type"] == "image_embeds"]
+        entries = session.memory.entries
+        assert len(parts) == len(entries) == 6
+        for part, entry in zip(parts, entries, strict=True):
+            payload = part["image_embeds"]
+            assert payload["image_num_tokens"] == [entry.num_tokens] and payload["image_grid_thw"] == [1, 8, 12]
+            assert torch.equal(_decode_tensor(payload["image_embeds"]), entry.embeddings.float())
+            offsets = _decode_tensor(payload["image_positions"])  # [K, 3]
+            assert offsets.tolist() == [[0, int(h), int(w)] for h, w in entry.positions[1:].T.tolist()]
+        assert sum(e.num_tokens for e in entries) < 6 * 24  # the drop removed tokens; nothing fills them in
+        state = engine.context.get("k")
+        framing = engine.layout.image_framing
+        visual = [s for s in state.segments if s.kind == "visual"]
+        assert [s.num_tokens - len(s.ids) - framing for s in visual] == [e.num_tokens for e in entries]
+
+        target = entries[1]
+        keep = torch.arange(0, target.num_tokens, 2)
+        engine.apply("k", [Prune(target.entry_id, keep)])
+        engine.context.absorb(state)
+        seg = next(s for s in state.segments if s.sid == f"e{target.entry_id}")
+        assert seg.item.embeds.shape[0] == target.num_tokens and seg.pruned is not None  # held until compaction
+        engine.context.compact(state)
+        assert seg.item.embeds.shape[0] == keep.numel() and seg.item.uuid.endswith("-v1")
+        assert torch.equal(seg.item.offsets[:, 2], target.positions[2][keep])
         await engine.shutdown()
 
     asyncio.run(run())
@@ -397,7 +447,7 @@ def _tight_config(url: str, budget: int = 512, window: int = 64) -> VigilConfig:
             "max_new_tokens": 8,
             "kv_cap_tokens": budget + window + 256,
             "text_window_tokens": window,
-            "vllm": {"compaction_every": 8},
+            "vllm": {"compaction_every": 8, "visual_input": "embeds"},
             "remote": {"urls": [url], "served_model": "tiny-served", "timeout_s": 5},
         },
     )

@@ -69,6 +69,23 @@ def vllm_qwen(tiny_adapter, loop_thread):
     loop_thread.run(engine.shutdown())
 
 
+@pytest.fixture(scope="session")
+def vllm_kept(tiny_adapter, loop_thread):
+    """The in-process vLLM engine on the tiny Qwen2.5-VL with kept-token items (Vigil's plugin model)."""
+    from assistant.config import EngineConfig
+    from serving.engines.vllm import VLLMEngine
+
+    config = EngineConfig(
+        kind="vllm",
+        max_new_tokens=12,
+        kv_cap_tokens=10240,
+        vllm={"visual_input": "kept", "max_model_len": 16384, "compaction_every": 4},
+    )
+    engine = VLLMEngine(tiny_adapter, config, enforce_eager=True)
+    yield engine
+    loop_thread.run(engine.shutdown())
+
+
 def build_tiny_llava(directory: Path, seed: int = 0) -> Path:
     """A deterministic tiny LLaVA (CLIP tower, Llama text model, PIL-only image processor) saved to ``directory``."""
     import torch
@@ -207,7 +224,10 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="session")
 def vllm_server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A real ``vllm serve`` of the tiny Qwen2.5-VL on loopback (stopped by its process group id)."""
+    """A real ``vllm serve`` of the tiny Qwen2.5-VL on loopback (stopped by its process group id), pointed at
+    Vigil's kept-token model (loaded through the plugin entry point; whole-grid items work on it as on stock vLLM)."""
+    from serving.engines.vllm_plugin import hf_overrides
+
     port = _free_port()
     log_path = tmp_path_factory.mktemp("vllm-serve") / "serve.log"
     # the OpenAI server of `vllm serve`, started through its module: the `vllm` command looks up the
@@ -220,6 +240,7 @@ def vllm_server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
         "--enable-prefix-caching", "--enable-mm-embeds", "--skip-mm-profiling",
         "--enable-prompt-tokens-details",
         "--limit-mm-per-prompt", json.dumps({"image": 4096, "video": 0}),
+        "--hf-overrides", json.dumps(hf_overrides("qwen2_5_vl")),
     ]  # fmt: skip
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

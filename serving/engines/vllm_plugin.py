@@ -1,0 +1,41 @@
+"""vLLM general plugin: registers Vigil's kept-token Qwen-VL models with vLLM's model registry.
+
+vLLM loads every ``vllm.general_plugins`` entry point (``pyproject.toml``) in each of its processes (the
+in-process engine core, ``vllm serve`` and its workers), so installing Vigil beside vLLM is enough. The models
+are registered by ``"module:Class"`` name, so ``serving.engines.vllm_kept`` (which imports vLLM) is imported by
+vLLM only when a checkpoint is pointed at one of these architectures (``hf_overrides={"architectures": [...]}``
+in process, ``--hf-overrides`` on ``vllm serve``). This module itself imports nothing of vLLM at import time.
+"""
+
+from __future__ import annotations
+
+KEPT_ARCHITECTURES: dict[str, str] = {
+    "qwen2_vl": "VigilKeptQwen2VLForConditionalGeneration",
+    "qwen2_5_vl": "VigilKeptQwen2_5_VLForConditionalGeneration",
+}
+"""Model family -> the architecture name of its kept-token model."""
+
+_CLASSES = {
+    "VigilKeptQwen2VLForConditionalGeneration": "serving.engines.vllm_kept:KeptQwen2VL",
+    "VigilKeptQwen2_5_VLForConditionalGeneration": "serving.engines.vllm_kept:KeptQwen2_5_VL",
+}
+
+
+def hf_overrides(family: str) -> dict[str, list[str]]:
+    """The ``hf_overrides`` that point a checkpoint of ``family`` at its kept-token model."""
+    try:
+        return {"architectures": [KEPT_ARCHITECTURES[family]]}
+    except KeyError:
+        raise ValueError(
+            f"kept-token items are implemented for {sorted(KEPT_ARCHITECTURES)}, not {family!r}; "
+            "use visual_input 'frames'"
+        ) from None
+
+
+def register() -> None:
+    """The entry point: register the kept-token models (lazily, by module path)."""
+    from vllm import ModelRegistry
+
+    for arch, target in _CLASSES.items():
+        if arch not in ModelRegistry.get_supported_archs():
+            ModelRegistry.register_model(arch, target)
