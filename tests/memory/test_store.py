@@ -93,7 +93,9 @@ def test_entry_validation() -> None:
 # --- the budget, and mirroring --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", POLICY_NAMES)
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.slow) if n == "redundancy" else n for n in POLICY_NAMES]
+)
 def test_budget_holds_after_every_add_and_ops_mirror_the_memory(name: str) -> None:
     budget = 300
     gen = torch.Generator().manual_seed(0)

@@ -17,6 +17,7 @@ from memory.policies import SinkWindowPolicy
 from memory.store import MemoryEntry, VisualMemory
 from serving.engines.hf import HFEngine
 from serving.engines.remote import RemoteEngine
+from tests.support import collect_answer
 
 
 def _config(budget: int = 4096, reuse: bool = True, **engine) -> VigilConfig:
@@ -40,14 +41,8 @@ async def _started(adapter, config: VigilConfig) -> tuple[HFEngine, Session]:
 
 
 async def _answer(session: Session, question: str, t: float) -> tuple[str, AnswerDone]:
-    text, done = "", None
-    async for event in session.ask(question, t):
-        if isinstance(event, AnswerDelta):
-            text += event.text
-        else:
-            done = event
-    assert done is not None
-    return text, done
+    deltas, done = await collect_answer(session.ask(question, t))
+    return "".join(d.text for d in deltas), done
 
 
 def _kv_snapshot(engine: HFEngine, sid: str) -> list[torch.Tensor]:
@@ -193,6 +188,7 @@ def test_memory_evictions_are_mirrored_and_cap_holds(tiny_adapter) -> None:
     asyncio.run(run())
 
 
+@pytest.mark.slow
 def test_consolidation_renumbers_positions(tiny_adapter) -> None:
     async def run() -> None:
         config = _config(budget=300, position_limit=4096)

@@ -21,6 +21,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from tests.support import collect_answer
+
 BLOCK = 16
 
 
@@ -155,7 +157,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from assistant.config import EngineConfig, VigilConfig  # noqa: E402
-from assistant.reaction import AnswerDelta, AnswerDone, AnswerRequest, EngineError  # noqa: E402
+from assistant.reaction import AnswerDone, AnswerRequest, EngineError  # noqa: E402
 from assistant.session import Session  # noqa: E402
 from evaluation.bench_latency import LatencyBenchConfig, synthetic_updates  # noqa: E402
 from memory.policies import SinkWindowPolicy  # noqa: E402
@@ -191,14 +193,8 @@ def _updates(adapter, steps: int, keep: float = 0.5):
 
 
 async def _ask(engine, sid: str, question: str, t: float) -> tuple[list[str], AnswerDone]:
-    pieces, done = [], None
-    async for event in engine.answer(sid, AnswerRequest(question, t)):
-        if isinstance(event, AnswerDelta):
-            pieces.append(event.text)
-        else:
-            done = event
-    assert done is not None
-    return pieces, done
+    deltas, done = await collect_answer(engine.answer(sid, AnswerRequest(question, t)))
+    return [d.text for d in deltas], done
 
 
 def test_sessions_pinned_prefix_reused_and_items_carry_stable_uuids(tiny_adapter, replicas) -> None:

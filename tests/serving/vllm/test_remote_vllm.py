@@ -7,10 +7,11 @@ import pytest
 pytest.importorskip("vllm", reason="vLLM is not installed here (the .ci/vllm environment has it)")
 
 from assistant.config import EngineConfig, VigilConfig
-from assistant.reaction import AnswerDelta, AnswerDone, AnswerRequest, EngineError
+from assistant.reaction import AnswerDone, AnswerRequest, EngineError
 from assistant.session import Session
 from evaluation.bench_latency import LatencyBenchConfig, synthetic_updates
 from serving.engines.remote import RemoteEngine
+from tests.support import collect_answer
 
 pytestmark = pytest.mark.vllm
 
@@ -27,14 +28,8 @@ def _engine_config(url: str) -> EngineConfig:
 
 
 async def _ask(engine, sid: str, request: AnswerRequest) -> tuple[str, AnswerDone]:
-    text, done = "", None
-    async for event in engine.answer(sid, request):
-        if isinstance(event, AnswerDelta):
-            text += event.text
-        else:
-            done = event
-    assert done is not None
-    return text, done
+    deltas, done = await collect_answer(engine.answer(sid, request))
+    return "".join(d.text for d in deltas), done
 
 
 async def _session_run(engine, adapter, sid: str) -> tuple[list[AnswerDone], float]:

@@ -16,6 +16,7 @@ from assistant.session import Session
 from evaluation.bench_latency import LatencyBenchConfig, synthetic_updates
 from memory.store import MemoryEntry
 from serving.engines.hf import HFEngine
+from tests.support import collect_answer
 
 pytestmark = pytest.mark.vllm
 
@@ -35,14 +36,8 @@ def _updates(adapter, steps: int, keep: float, seed: int = 0):
 
 
 async def _ask(engine, sid: str, request: AnswerRequest) -> tuple[list[int], AnswerDone]:
-    ids, done = [], None
-    async for event in engine.answer(sid, request):
-        if isinstance(event, AnswerDelta):
-            ids += event.token_ids
-        else:
-            done = event
-    assert done is not None
-    return ids, done
+    deltas, done = await collect_answer(engine.answer(sid, request))
+    return [i for d in deltas for i in d.token_ids], done
 
 
 async def _stream(engine, adapter, sid: str, keep: float, asks: tuple[int, ...], steps: int, budget: int = 4096):
