@@ -42,6 +42,16 @@ class Job:
     options: dict[str, Any] = field(compare=False, default_factory=dict)
     """Engine request options (max_new_tokens, min_new_tokens, temperature)."""
 
+    def fail(self, error: BaseException) -> None:
+        """Resolve ``done`` with ``error``: raised to whoever asked a question, a cancellation for the session's
+        own jobs (nobody awaits those; an exception there would only be logged as never retrieved)."""
+        if self.done.done():
+            return
+        if self.kind == "question":
+            self.done.set_exception(error)
+        else:
+            self.done.cancel()
+
 
 class JobQueue:
     """Queued jobs by priority, and the one running job with its task."""
@@ -77,7 +87,8 @@ class JobQueue:
         if self.closed:
             raise SessionClosedError(f"session {self.session_id} is closed")
         if supersede:  # a newer proactive message replaces a stale one
-            self._remove(lambda job: job.kind == kind)
+            for stale in self._remove(lambda job: job.kind == kind):
+                stale.done.cancel()
             self.interrupt(kind)
         loop = asyncio.get_running_loop()
         job = Job(
@@ -127,8 +138,7 @@ class JobQueue:
         if self.running is not None:
             self.running[1].cancel()
         for job in self._heap:
-            if not job.done.done():
-                job.done.set_exception(error)
+            job.fail(error)
         self._heap.clear()
 
     def _remove(self, match: Callable[[Job], bool]) -> list[Job]:

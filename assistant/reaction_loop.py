@@ -37,11 +37,15 @@ class ReactionLoop:
                 await asyncio.shield(task)  # cancelling the job does not cancel the loop
             except asyncio.CancelledError:
                 if self.jobs.closed:
+                    task.cancel()
+                    await asyncio.wait({task})  # the answer unwinds before the session closes
                     raise
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             finally:
                 self.jobs.running = None
+                if task.cancelled() and not job.done.done():  # cancelled before it began: nobody waits forever
+                    self._cancelled(job)
 
     async def _run(self, job: Job) -> None:
         engine, sid = self.session.engine, self.session.session_id
@@ -55,24 +59,27 @@ class ReactionLoop:
             else:
                 await self._answer(job)
         except asyncio.CancelledError:
-            if job.kind not in ("sync", "probe"):
-                self.events.emit(
-                    AnswerFinished,
-                    job.t,
-                    answer_id=job.answer_id,
-                    kind=job.kind,
-                    question=job.question,
-                    finish_reason="cancelled",
-                )
-            if not job.done.done():
-                job.done.cancel()
+            self._cancelled(job)
             raise
         except Exception as exc:
             log.warning("answer %s failed: %s", job.answer_id, exc)
             log.debug("reaction failure", exc_info=True)
             self.events.emit(ErrorEvent, job.t, code="engine_error", message=str(exc), answer_id=job.answer_id)
-            if not job.done.done():
-                job.done.set_exception(exc)
+            job.fail(exc)
+
+    def _cancelled(self, job: Job) -> None:
+        """Report a cancelled answer (``answer_done``, reason cancelled) and cancel its future."""
+        if job.kind not in ("sync", "probe"):
+            self.events.emit(
+                AnswerFinished,
+                job.t,
+                answer_id=job.answer_id,
+                kind=job.kind,
+                question=job.question,
+                finish_reason="cancelled",
+            )
+        if not job.done.done():
+            job.done.cancel()
 
     async def _answer(self, job: Job) -> None:
         self.events.emit(AnswerStarted, job.t, answer_id=job.answer_id, kind=job.kind, question=job.question)

@@ -19,6 +19,7 @@ from demos.settings import SessionSettings
 from demos.ui_sessions import UiSession
 from serving.auth import ANONYMOUS
 from serving.service import VigilService
+from serving.uploads import UploadError, allowed_source
 
 ANSWER_TIMEOUT_S = 120.0
 STREAM_URL_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "rtmps://", "http://", "https://", "srt://", "udp://")
@@ -46,7 +47,7 @@ class AppContext:
     answer_options: dict[str, Any] = field(default_factory=dict)
     """Engine options sent with every question (e.g. ``min_new_tokens``)."""
     url_prefixes: tuple[str, ...] = ()
-    """Stream URL prefixes a tab may ask the server to play."""
+    """Stream URL prefixes a tab may ask the server to play (``STREAM_URL_SCHEMES``: any, for a local demo)."""
     model_name: str | None = None
 
     @property
@@ -84,8 +85,14 @@ class AppContext:
             raise UiError(
                 f"enter a stream URL ({', '.join(s.rstrip(':/') for s in STREAM_URL_SCHEMES)}) or upload a file"
             )
-        if not any(url.startswith(prefix) for prefix in self.url_prefixes):
-            raise UiError("this server does not play stream URLs it was not told to allow (server.video_allow)")
+        if self.url_prefixes == STREAM_URL_SCHEMES:  # a local `vigil demo`: any stream URL
+            return url, url
+        try:  # the service's own check: scheme, host and path prefix, no `..`
+            allowed_source(url, self.url_prefixes)
+        except UploadError:
+            raise UiError(
+                "this server does not play stream URLs it was not told to allow (server.video_allow)"
+            ) from None
         return url, url
 
     def read_frame(self, path: str | None) -> bytes:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -56,7 +57,8 @@ class TabRegistry:
 
     async def _start_live(self, ui: UiSession, settings: SessionSettings) -> None:
         try:
-            view = await self.service.create(ui.owner, settings.spec())
+            # the app ends its tabs' sessions itself (tab closed, or not seen for ui_idle_timeout_s)
+            view = await self.service.create(ui.owner, settings.spec(), idle_timeout_s=math.inf)
         except ServiceError as exc:  # a limit (sessions per key, per worker) or options the model cannot take
             raise (SessionRefused if exc.status in (429, 503) else UiError)(exc.message) from None
         except Exception as exc:

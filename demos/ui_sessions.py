@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from assistant.config import MAX_INSTRUCTIONS, VigilConfig
+from assistant.config import VigilConfig
 from assistant.orchestrator import LiveSession
 from assistant.sources import SourceError, open_source
 from demos.errors import UiError
@@ -86,11 +86,8 @@ class UiSession(Transcript):
             raise UiError(exc.message) from None
 
     async def keep_alive(self) -> None:
-        """Tell the service the tab is still there (its idle timer starts over)."""
+        """Note that the tab is still there (the app's reaper spares its session)."""
         self.touch()
-        if self.live is not None and not self.live.closed:
-            with contextlib.suppress(ServiceError):
-                await self.service.get(self.owner, self.live.session_id)
 
     def sync(self) -> bool:
         """Apply every event of the live session not applied yet; True when the chat or banner changed."""
@@ -196,8 +193,6 @@ class UiSession(Transcript):
         (instruction,) = parse_instructions(text) or ("",)
         if not instruction:
             raise UiError("the instruction is empty")
-        if len(live.monitors) >= MAX_INSTRUCTIONS:
-            raise UiError(f"at most {MAX_INSTRUCTIONS} standing instructions per session")
         try:
             await self.service.add_instruction(self.owner, live.session_id, instruction)
         except ServiceError as exc:

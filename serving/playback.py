@@ -46,19 +46,25 @@ class VideoPlayer:
 
         ServiceError 409 while another video plays, 422 when the video cannot be opened.
         """
+        previous = h = None
         try:
             h = await self.registry.get(owner, session_id)
             if h.playing:
                 raise ServiceError(409, "video_playing", "a video is already playing; DELETE it first")
+            # claimed before the source opens (a playback without a task reads as playing): a second request
+            # meanwhile gets 409 instead of starting a video nothing could stop
+            previous, h.playback = h.playback, Playback(label or source, cleanup=cleanup)
             try:
                 frames = await asyncio.to_thread(open_source, source, h.config.perception.fps, speed)
             except (SourceError, ValueError) as exc:
                 raise ServiceError(422, "unreadable_video", str(exc)) from None
         except BaseException:
+            if h is not None and h.playback is not previous and h.playback.task is None:
+                h.playback = previous  # the claim is released
             _remove(cleanup)
             raise
-        playback = Playback(label or source, duration_s=getattr(frames, "duration", None), cleanup=cleanup)
-        h.playback = playback
+        playback = h.playback
+        playback.duration_s = getattr(frames, "duration", None)
         playback.task = asyncio.create_task(self._run(h, playback, frames, speed), name=f"play-{session_id}")
         return playback.view()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, NamedTuple
 
+from assistant.config import MAX_INSTRUCTIONS
 from assistant.decision import InstructionMonitor
 from assistant.events import AnswerFinished
 from assistant.orchestrator import SessionClosedError
@@ -51,9 +52,20 @@ async def wait_answer(future: asyncio.Future) -> AnswerFinished:
 
 
 def add_instruction(h: Hosted, instruction: str) -> str:
-    """Add a standing instruction, checked from now on; returns it stripped (422 when empty)."""
+    """Add a standing instruction, checked from now on; returns it stripped.
+
+    422 when it is empty or the session holds ``MAX_INSTRUCTIONS`` already (each one costs probes), 410 when the
+    session has closed.
+    """
     text = instruction.strip()
     if not text:
         raise ServiceError(422, "invalid_instruction", "the instruction is empty")
-    h.live.add_instruction(InstructionMonitor(text))
+    if len(h.live.monitors) >= MAX_INSTRUCTIONS:
+        raise ServiceError(
+            422, "too_many_instructions", f"at most {MAX_INSTRUCTIONS} standing instructions per session"
+        )
+    try:
+        h.live.add_instruction(InstructionMonitor(text))
+    except SessionClosedError as exc:
+        raise closed(str(exc)) from None
     return text

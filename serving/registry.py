@@ -100,7 +100,10 @@ class SessionRegistry:
             for sid, h in list(self.hosted.items()):
                 if not h.busy and now - h.last_active > h.idle_timeout_s:
                     log.info("closing idle session %s", sid)
-                    await self.close(sid, "idle_timeout", keep=True)
+                    try:
+                        await self.close(sid, "idle_timeout", keep=True)
+                    except Exception:  # the reaper must outlive one bad close
+                        log.exception("closing idle session %s failed", sid)
 
     # -- create --------------------------------------------------------------------------------------------
     async def create(self, owner: str, spec: SessionCreate, *, idle_timeout_s: float | None = None) -> Hosted:
@@ -108,6 +111,12 @@ class SessionRegistry:
 
         It is closed after ``idle_timeout_s`` without activity (default ``server.idle_timeout_s``).
         """
+        try:  # invalid options are refused first, whatever the limits say
+            spec.apply(self.config)
+        except ValidationError as exc:
+            raise ServiceError(
+                422, "invalid_config", f"invalid session options: {format_validation_error(exc)}"
+            ) from None
         if len(self.hosted) >= self.limits.max_sessions:
             raise ServiceError(
                 503, "worker_full", "this worker runs its maximum number of sessions", headers={"Retry-After": "30"}
@@ -119,12 +128,8 @@ class SessionRegistry:
                 f"this API key has {self.limits.max_sessions_per_key} open sessions; close one first",
                 headers={"Retry-After": "60"},
             )
-        try:  # the orchestrator applies the options to the server's config, validated as a whole
+        try:  # the orchestrator applies the options to the server's config
             live = await self.orchestrator.create_session(spec, self.config)
-        except ValidationError as exc:
-            raise ServiceError(
-                422, "invalid_config", f"invalid session options: {format_validation_error(exc)}"
-            ) from None
         except ValueError as exc:  # the model cannot take these options (e.g. frames per step over its patch)
             raise ServiceError(422, "invalid_config", f"invalid session options: {exc}") from None
         public = spec.model_dump(exclude_none=True, mode="json")

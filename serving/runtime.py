@@ -136,6 +136,8 @@ def serve(config: VigilConfig) -> int:
     url = f"http://{server_config.host}:{sock.getsockname()[1]}"
     if server_config.public_url is None:
         config = config.model_copy(update={"server": server_config.model_copy(update={"public_url": url})})
+    if config.server.ui:
+        ui_mount()  # a missing browser app is reported before the model loads
     app = Runtime.load(config).api_app()
     print(f"vigil: serving {config.model.name} on {url}" + (f" (app at {url}/ui)" if config.server.ui else ""))
     print(f"vigil: API docs at {url}/docs", flush=True)

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from assistant.config import SessionOptions
+from assistant.config import MAX_INSTRUCTION_CHARS, SessionOptions
 from assistant.events import AnswerFinished
 
 
@@ -67,7 +67,7 @@ class Question(_Body):
 class Instruction(BaseModel):
     """A standing instruction ("tell me when ...")."""
 
-    instruction: str = Field(min_length=1, max_length=2000)
+    instruction: str = Field(min_length=1, max_length=MAX_INSTRUCTION_CHARS)
 
 
 class AnswerView(BaseModel):

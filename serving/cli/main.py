@@ -22,7 +22,14 @@ log = logging.getLogger("vigil")
 def installed_commands() -> list[Callable[[Commands], None]]:
     """The ``register`` functions of the ``vigil.commands`` entry points, by entry-point name."""
     registrants = []
-    for ep in sorted(entry_points(group=COMMAND_ENTRY_POINTS), key=lambda ep: ep.name):
+    found = sorted(entry_points(group=COMMAND_ENTRY_POINTS), key=lambda ep: ep.name)
+    if not found:  # run from a tree whose installed metadata predates the entry points
+        print(
+            "vigil: warning: no installed commands (demo, eval, bench latency, make-clip ...): "
+            "reinstall Vigil (pip install -e .)",
+            file=sys.stderr,
+        )
+    for ep in found:
         try:
             registrants.append(ep.load())
         except (ImportError, AttributeError) as exc:  # a broken or missing front end: its commands are absent

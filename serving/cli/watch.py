@@ -117,13 +117,17 @@ class EventPrinter:
 
 def cmd_watch(args: argparse.Namespace) -> int:
     """Play ``args.video`` through one live session; print its events and a summary."""
-    from assistant.config import SessionOptions
+    from pydantic import ValidationError
+
+    from assistant.config import SessionOptions, format_validation_error
     from assistant.sources import SourceError, VideoFileSource
 
     speed = parse_speed(args.speed)
     try:
         questions = sorted((parse_ask(spec) for spec in args.ask), key=lambda q: q[0])
         options = SessionOptions(proactive=args.proactive, instructions=tuple(args.instruct))
+    except ValidationError as exc:
+        raise CliError(f"invalid options: {format_validation_error(exc)}") from None
     except ValueError as exc:
         raise CliError(str(exc)) from None
     config = build_config(args)
@@ -146,7 +150,11 @@ async def _watch(
 ) -> dict[str, Any]:
     """Play ``source`` losslessly, asking each question once the stream reaches its time; returns the summary."""
     orchestrator = Runtime.load(config).orchestrator
-    live = await orchestrator.create_session(options)
+    try:
+        live = await orchestrator.create_session(options)
+    except ValueError as exc:  # options the model cannot take (e.g. frames per step over its temporal patch)
+        await orchestrator.shutdown()
+        raise CliError(str(exc)) from None
     printing = asyncio.create_task(_print_events(live, printer))
     started = time.perf_counter()
     answers = []

@@ -342,13 +342,14 @@ class SegmentContext:
                     state.frames_by_entry.pop(i, None)
             else:
                 raise EngineError(f"unknown memory change {type(change).__name__}")
-        self.maybe_compact(state)
+        # stale segments go before anything is refused: the cap here is the one _reject_overflow holds to
+        self.maybe_compact(state, reserve=self._window_left(state))
         self._reject_overflow(state, added_sids)
         return added
 
     def _reject_overflow(self, state: SessionState, added_sids: list[str]) -> None:
         """Take back the newest entries of this batch while the context overflows the cap; raise naming them."""
-        window_left = max(0, self.config.text_window_tokens - self._history_tokens(state))
+        window_left = self._window_left(state)
         cap = self.config.kv_cap_tokens - window_left
         rejected: list[str] = []
         while state.context_tokens > cap and added_sids:
@@ -365,6 +366,10 @@ class SegmentContext:
                 f"tokens ({state.context_tokens} held, {window_left} kept for the text window); the engine does not "
                 "evict on its own: build the memory with the engine's context_budget()"
             )
+
+    def _window_left(self, state: SessionState) -> int:
+        """Tokens the text window may still take (kept free for it under the cap)."""
+        return max(0, self.config.text_window_tokens - self._history_tokens(state))
 
     def _history_tokens(self, state: SessionState) -> int:
         by_sid = {s.sid: s for s in state.segments}
@@ -425,6 +430,7 @@ class SegmentContext:
                 seg.num_tokens = self.visual_tokens(seg.ids, seg.item)
         state.stale_count = 0
         state.compactions += 1
+        state.warm_signature = ()  # renamed (pruned) items must be prefilled again
 
     # -- dialogue window -----------------------------------------------------------------------------------
     def remember(self, state: SessionState, request: AnswerRequest, answer: str) -> None:
@@ -436,8 +442,7 @@ class SegmentContext:
         ids = self.layout.turn_ids(request.t, request.question, answer, window)
         if len(ids) < len(self.layout.ids(text)):
             text = self.layout.decode(ids)
-        by_sid = {s.sid: s for s in state.segments}
-        while state.history and sum(by_sid[s].num_tokens for s in state.history if s in by_sid) + len(ids) > window:
+        while state.history and self._history_tokens(state) + len(ids) > window:
             self._remove(state, [state.history.popleft()])
         sid = f"t{state.next_text_id}"
         state.next_text_id += 1

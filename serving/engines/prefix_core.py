@@ -13,6 +13,7 @@ the request segments, marking sent segments, the text window, stats) is written 
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -151,15 +152,16 @@ class PrefixCachedEngine:
             segments = self.context.request_segments(state, request)
             text, token_ids, ttft = "", [], 0.0
             usage = Usage(0, 0, "length")
-            async for out in self._complete(state, segments, completion):
-                if isinstance(out, Usage):
-                    usage = out
-                    continue
-                if not ttft:
-                    ttft = time.perf_counter() - started
-                text += out.text
-                token_ids += out.token_ids
-                yield AnswerDelta(out.text, out.token_ids)
+            async with contextlib.aclosing(self._complete(state, segments, completion)) as stream:
+                async for out in stream:
+                    if isinstance(out, Usage):
+                        usage = out
+                        continue
+                    if not ttft:
+                        ttft = time.perf_counter() - started
+                    text += out.text
+                    token_ids += out.token_ids
+                    yield AnswerDelta(out.text, out.token_ids)
             if token_ids:  # the whole answer decoded at once (a streaming detokenizer holds back a partial char)
                 whole = self.adapter.tokenizer.decode(token_ids, skip_special_tokens=True)
                 if whole.startswith(text) and len(whole) > len(text):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import io
 import json
 import logging
@@ -124,6 +125,7 @@ class RemoteEngine(PrefixCachedEngine):
     async def _prefill(self, state: SessionState, segments: Sequence[Segment]) -> int:
         body = self._body(segments, None, max_tokens=1, temperature=0.0)
         prompt, cached = _usage(await self._post(state.session_id, body))
+        self._forget_parts(state)  # a session that only syncs frees what left its context too
         return prompt - cached
 
     async def _complete(
@@ -139,16 +141,17 @@ class RemoteEngine(PrefixCachedEngine):
         body["return_token_ids"] = True  # vLLM: the generated ids ride along with the text
         usage: dict[str, Any] = {}
         finish = "length"
-        async for chunk in self._stream(state.session_id, body):
-            if chunk.get("usage"):
-                usage = chunk["usage"]
-            for choice in chunk.get("choices") or ():
-                piece = (choice.get("delta") or {}).get("content") or ""
-                ids = tuple(int(i) for i in choice.get("token_ids") or ())
-                if piece or ids:
-                    yield Piece(piece, ids)
-                if choice.get("finish_reason"):
-                    finish = "length" if choice["finish_reason"] == "length" else "stop"
+        async with contextlib.aclosing(self._stream(state.session_id, body)) as stream:
+            async for chunk in stream:
+                if chunk.get("usage"):
+                    usage = chunk["usage"]
+                for choice in chunk.get("choices") or ():
+                    piece = (choice.get("delta") or {}).get("content") or ""
+                    ids = tuple(int(i) for i in choice.get("token_ids") or ())
+                    if piece or ids:
+                        yield Piece(piece, ids)
+                    if choice.get("finish_reason"):
+                        finish = "length" if choice["finish_reason"] == "length" else "stop"
         prompt, cached = _usage({"usage": usage})
         yield Usage(prompt, cached, finish, int(usage["completion_tokens"]) if usage.get("completion_tokens") else None)
 
@@ -159,6 +162,7 @@ class RemoteEngine(PrefixCachedEngine):
         body.update(logprobs=True, top_logprobs=len(labels), logprob_token_ids=labels)
         body["return_tokens_as_token_ids"] = True
         data = await self._post(state.session_id, body)
+        self._forget_parts(state)
         try:
             content = data["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
             return {int(str(e["token"]).rsplit(":", 1)[-1]): float(e["logprob"]) for e in content}
@@ -245,9 +249,10 @@ class RemoteEngine(PrefixCachedEngine):
             replica = self._pins[session_id]
             received = False
             try:
-                async for chunk in self._once(replica, body):
-                    received = received or _has_output(chunk)
-                    yield chunk
+                async with contextlib.aclosing(self._once(replica, body)) as stream:
+                    async for chunk in stream:
+                        received = received or _has_output(chunk)
+                        yield chunk
                 return
             except _Retryable as exc:
                 if received:  # never resend what already produced output

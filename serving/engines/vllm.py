@@ -18,6 +18,7 @@ their frames). vLLM is imported with this module; ``build_engine`` reports a cle
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -106,8 +107,9 @@ class VLLMEngine(PrefixCachedEngine):
         prompt = self._prompt(segments, None)
         params = SamplingParams(max_tokens=1, temperature=0.0, output_kind=RequestOutputKind.FINAL_ONLY)
         prefilled = 0
-        async for out in self._generate(state, prompt, params):
-            prefilled = len(out.prompt_token_ids or ()) - int(out.num_cached_tokens or 0)
+        async with contextlib.aclosing(self._generate(state, prompt, params)) as stream:
+            async for out in stream:
+                prefilled = len(out.prompt_token_ids or ()) - int(out.num_cached_tokens or 0)
         return prefilled
 
     async def _complete(
@@ -124,14 +126,15 @@ class VLLMEngine(PrefixCachedEngine):
         )
         prompt_len = cached = 0
         finish = "length"
-        async for out in self._generate(state, prompt, params):
-            if out.prompt_token_ids is not None and not prompt_len:
-                prompt_len, cached = len(out.prompt_token_ids), int(out.num_cached_tokens or 0)
-            delta = out.outputs[0]
-            if delta.text or delta.token_ids:
-                yield Piece(delta.text, tuple(delta.token_ids))
-            if out.finished:
-                finish = "length" if delta.finish_reason == "length" else "stop"
+        async with contextlib.aclosing(self._generate(state, prompt, params)) as stream:
+            async for out in stream:
+                if out.prompt_token_ids is not None and not prompt_len:
+                    prompt_len, cached = len(out.prompt_token_ids), int(out.num_cached_tokens or 0)
+                delta = out.outputs[0]
+                if delta.text or delta.token_ids:
+                    yield Piece(delta.text, tuple(delta.token_ids))
+                if out.finished:
+                    finish = "length" if delta.finish_reason == "length" else "stop"
         yield Usage(prompt_len, cached, finish)
 
     async def _logprobs(
@@ -146,10 +149,11 @@ class VLLMEngine(PrefixCachedEngine):
             output_kind=RequestOutputKind.FINAL_ONLY,
         )
         logprobs: dict[int, float] = {}
-        async for out in self._generate(state, prompt, params):
-            steps = out.outputs[0].logprobs or []
-            if steps:
-                logprobs = {int(k): float(v.logprob) for k, v in steps[0].items()}
+        async with contextlib.aclosing(self._generate(state, prompt, params)) as stream:
+            async for out in stream:
+                steps = out.outputs[0].logprobs or []
+                if steps:
+                    logprobs = {int(k): float(v.logprob) for k, v in steps[0].items()}
         return logprobs
 
     def _answered(self, state: SessionState, segments: Sequence[Segment], completion: Completion, usage: Usage) -> None:
@@ -189,8 +193,6 @@ class VLLMEngine(PrefixCachedEngine):
             async for out in self.llm.generate(prompt, params, request_id=request_id):
                 finished = out.finished
                 yield out
-        except (asyncio.CancelledError, GeneratorExit):
-            raise
         except EngineError:
             raise
         except Exception as exc:  # vLLM validation and engine failures

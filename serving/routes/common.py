@@ -1,10 +1,14 @@
-"""What several routers share: the documented error responses and reading a request's media type and times."""
+"""What several routers share: the documented error responses, reading a request's media type, times and form."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
-from starlette.requests import HTTPConnection
+from starlette.datastructures import FormData
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import HTTPConnection, Request
 
 from serving.errors import ServiceError
 from serving.schemas import ErrorResponse
@@ -29,3 +33,18 @@ def parse_time(value: Any) -> float:
     if not (t >= 0 and t < float("inf")):
         raise ServiceError(422, "invalid_time", f"frame time must be a finite number >= 0, got {value!r}")
     return t
+
+
+@contextlib.asynccontextmanager
+async def read_form(request: Request, *, max_files: int, max_fields: int) -> AsyncIterator[FormData]:
+    """The request's multipart form (422 ``invalid_multipart`` when unreadable), closed whatever happens."""
+    try:
+        form = await request.form(max_files=max_files, max_fields=max_fields)
+    except StarletteHTTPException:
+        raise
+    except Exception as exc:
+        raise ServiceError(422, "invalid_multipart", f"unreadable multipart body: {exc}") from None
+    try:
+        yield form
+    finally:
+        await form.close()

@@ -5,11 +5,10 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serving.deps import Owner, Service
 from serving.errors import ServiceError
-from serving.routes.common import ERRORS, media_type, parse_time
+from serving.routes.common import ERRORS, media_type, parse_time, read_form
 from serving.schemas import FramesResult
 
 router = APIRouter(prefix="/v1/sessions/{session_id}", tags=["frames"])
@@ -64,22 +63,16 @@ async def push_frames(
 
 async def multipart_frames(request: Request, max_frames: int) -> list[tuple[bytes, float | None]]:
     """The images of a multipart body (fields ``frame``) with their times (fields ``t``, all or none)."""
-    try:
-        form = await request.form(max_files=max_frames, max_fields=max_frames)
-    except StarletteHTTPException:
-        raise
-    except Exception as exc:
-        raise ServiceError(422, "invalid_multipart", f"unreadable multipart body: {exc}") from None
     images: list[bytes] = []
     times: list[float] = []
-    for key, value in form.multi_items():
-        if isinstance(value, str):
-            if key != "t":
-                raise ServiceError(422, "invalid_multipart", f"unexpected form field {key!r}; use frame and t")
-            times.append(parse_time(value))
-        else:
-            images.append(await value.read())
-    await form.close()
+    async with read_form(request, max_files=max_frames, max_fields=max_frames) as form:
+        for key, value in form.multi_items():
+            if isinstance(value, str):
+                if key != "t":
+                    raise ServiceError(422, "invalid_multipart", f"unexpected form field {key!r}; use frame and t")
+                times.append(parse_time(value))
+            else:
+                images.append(await value.read())
     if times and len(times) != len(images):
         raise ServiceError(422, "invalid_multipart", f"{len(times)} times for {len(images)} frames")
     return [(img, times[i] if times else None) for i, img in enumerate(images)]

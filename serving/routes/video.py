@@ -8,11 +8,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serving.deps import Owner, Service
 from serving.errors import ServiceError
-from serving.routes.common import ERRORS, media_type
+from serving.routes.common import ERRORS, media_type, read_form
 from serving.schemas import ErrorResponse, VideoRequest, VideoView
 from serving.uploads import UploadError, allowed_source, save_upload
 
@@ -77,19 +76,11 @@ async def play_video(
 
 async def _save_multipart_video(request: Request, max_bytes: int) -> tuple[str, str]:
     """Save the multipart field ``file`` to a temporary file: its path and the uploaded file's name."""
-    try:
-        form = await request.form(max_files=1, max_fields=4)
-    except StarletteHTTPException:
-        raise
-    except Exception as exc:
-        raise ServiceError(422, "invalid_multipart", f"unreadable multipart body: {exc}") from None
-    try:
+    async with read_form(request, max_files=1, max_fields=4) as form:
         upload = form.get("file")
         if upload is None or isinstance(upload, str):
             raise ServiceError(422, "invalid_multipart", "the video goes in a form field named 'file'")
         return await save_upload(_chunks(upload), max_bytes), upload.filename or "upload"
-    finally:
-        await form.close()
 
 
 async def _chunks(upload: UploadFile) -> AsyncIterator[bytes]:

@@ -39,3 +39,27 @@ def test_tabs_idle_out_after_the_configured_ui_timeout(tiny_adapter) -> None:
     config = VigilConfig(server={"ui_idle_timeout_s": 45})
     service = VigilService(config, Orchestrator(HFEngine(tiny_adapter, config.engine), tiny_adapter, config))
     assert sessions_of(build_app(service, config)).idle_timeout_s == 45
+
+
+@pytest.mark.parametrize(
+    ("url", "allowed"),
+    [
+        ("http://cam.local/live.m3u8", True),
+        ("http://cam.local.evil.example/live.m3u8", False),  # a host that only starts like the allowed one
+        ("http://cam.local/../admin", False),
+        ("rtsp://cam.local/live", False),  # another scheme
+    ],
+)
+def test_stream_urls_pass_the_services_allow_list(url: str, allowed: bool) -> None:
+    from assistant.config import VigilConfig
+    from demos.context import STREAM_URL_SCHEMES, AppContext
+    from demos.errors import UiError
+
+    app = AppContext(service=None, config=VigilConfig(), registry=None, url_prefixes=("http://cam.local",))  # type: ignore[arg-type]
+    if allowed:
+        assert app.playable(url, None) == (url, url)
+    else:
+        with pytest.raises(UiError, match="not told to allow"):
+            app.playable(url, None)
+    local = AppContext(service=None, config=VigilConfig(), registry=None, url_prefixes=STREAM_URL_SCHEMES)  # type: ignore[arg-type]
+    assert local.playable(url, None) == (url, url)  # a local demo plays any stream URL

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import json
 import subprocess
 import sys
@@ -102,27 +101,6 @@ def test_help_lists_every_command_group() -> None:
         assert command in listed, out.stdout
     bench = subprocess.run([str(script), "bench", "--help"], capture_output=True, text=True, timeout=120)
     assert "{latency,lag,scene,all,api,gpu,engine}" in bench.stdout  # evaluation's benchmarks and serving's, one group
-
-
-def test_serving_imports_neither_evaluation_nor_demos() -> None:
-    root = Path(__file__).resolve().parents[2]
-    files = sorted((root / "serving").rglob("*.py"))
-    assert root / "serving" / "cli" / "main.py" in files
-    wrong = []
-    for path in files:
-        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-            if isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                names = [node.module or ""] if node.level == 0 else []
-            else:
-                continue
-            wrong += [
-                f"{path.relative_to(root)}:{node.lineno} {n}"
-                for n in names
-                if n.split(".")[0] in ("evaluation", "demos")
-            ]
-    assert wrong == []
 
 
 @pytest.mark.slow

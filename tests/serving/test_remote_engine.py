@@ -449,10 +449,12 @@ def _tight_config(url: str, budget: int = 512, window: int = 64) -> VigilConfig:
     )
 
 
-def test_the_prefix_core_never_evicts_on_its_own(tiny_adapter, replicas) -> None:
+@pytest.mark.parametrize("sync_every", [1, 5])
+def test_the_prefix_core_never_evicts_on_its_own(tiny_adapter, replicas, sync_every: int) -> None:
     """One-token entries sent as whole 4 x 6 grids with a timestamp: their cost in the context would overflow the
     cap long before the token budget is reached. The memory's context budget evicts; the shared core mirrors it
-    (batched compactions) and never evicts on its own."""
+    (batched compactions) and never evicts nor refuses on its own, synced after every step (as a live session
+    does) or in batches."""
     config = _tight_config(replicas[0].url)
 
     async def run() -> None:
@@ -462,7 +464,7 @@ def test_the_prefix_core_never_evicts_on_its_own(tiny_adapter, replicas) -> None
         state = engine.context.get("s")
         for i, update in enumerate(_updates(tiny_adapter, 150, keep=1 / 24)):
             session.remember(update)
-            if i % 5 == 4:
+            if i % sync_every == sync_every - 1:
                 await engine.sync("s")
                 live = [s.sid for s in state.segments if s.kind == "visual" and not s.stale]
                 assert live == [f"e{e.entry_id}" for e in session.memory.entries], i
