@@ -16,7 +16,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,44 +24,46 @@ from assistant.config import VigilConfig
 from assistant.orchestrator import LiveSession, Orchestrator
 from assistant.reaction import EngineFactory
 from assistant.sources import SourceError, VideoFileSource
+from evaluation.run_report import Progress, RunReport
 from evaluation.stretches import SourceCursor, Stretch
 
 log = logging.getLogger(__name__)
+
+__all__ = [
+    "AnswerLog",
+    "ForwardPoll",
+    "ProactiveQuery",
+    "Progress",
+    "RunQuery",
+    "RunReport",
+    "run",
+    "run_forward_native",
+    "run_proactive",
+    "run_queries",
+]
 
 Mode = Literal["replay", "live"]
 
 
 @dataclass(frozen=True, slots=True)
 class RunQuery:
-    """A question to ask at ``ask_time`` seconds of ``video``."""
+    """A question to ask at ``ask_time`` seconds of ``video``.
+
+    ``source`` names the video the file shows (live mode plays each source once; default the file itself).
+    ``clip_end``: ``video`` is a clip that ends at this stream time (a benchmark's pre-cut clip): played whole
+    when the query is asked alone; in a shared pass the question sees the frames before ``clip_end``.
+    """
 
     key: str
     video: Path
     ask_time: float
     prompt: str
-
-
-@dataclass(slots=True)
-class RunReport:
-    """What a run did and what it cost."""
-
-    mode: str
-    queries: int = 0
-    answered: int = 0
-    skipped_done: int = 0
-    missing_videos: list[str] = field(default_factory=list)
-    failed_videos: list[str] = field(default_factory=list)
-    prefill_tokens: int = 0
-    stream_seconds: float = 0.0
-    """Stream time played (replay plays each video once per question)."""
-    video_seconds: float = 0.0
-    """Distinct video time the questions needed (each video up to its last question)."""
-    seconds: float = 0.0
+    source: str | None = None
+    clip_end: float | None = None
 
     @property
-    def seconds_per_video_minute(self) -> float:
-        """Wall seconds per minute of benchmark video."""
-        return self.seconds / (self.video_seconds / 60) if self.video_seconds else 0.0
+    def source_name(self) -> str:
+        return self.source if self.source is not None else str(self.video)
 
 
 class AnswerLog:
@@ -102,20 +104,33 @@ async def _ask(live: LiveSession, query: RunQuery, max_new_tokens: int) -> str:
     return (await done).text
 
 
+def _file_of(queries: Sequence[RunQuery]) -> tuple[Path, float | None]:
+    """The file one pass over ``queries`` plays and where the pass ends (None: the whole file, a clip)."""
+    last = max(queries, key=lambda q: q.clip_end if q.clip_end is not None else q.ask_time)
+    return last.video, (None if last.clip_end is not None else max(q.ask_time for q in queries))
+
+
 async def _play(
     live: LiveSession,
-    video: Path,
-    fps: float,
-    until: float,
     queries: Sequence[RunQuery],
+    fps: float,
     on_answer: Callable[[RunQuery, str], None],
     max_new_tokens: int,
 ) -> float:
-    """Feed the video up to ``until`` s, asking each query once every frame up to its time is in."""
+    """One pass over the queries' file, asking each query once every frame it may see is in."""
+    video, until = _file_of(queries)
+    end = None if until is None else until + 0.5 / fps
+    ordered = sorted(queries, key=lambda q: q.clip_end if q.clip_end is not None else q.ask_time)
     stream_t = 0.0
-    with SourceCursor(VideoFileSource(video, fps=fps, end=until + 0.5 / fps)) as cursor:
-        for q in sorted(queries, key=lambda q: q.ask_time):  # one at or past the end is asked at the end
-            stream_t = await _feed(live, cursor.upto(q.ask_time), stream_t)
+    with SourceCursor(VideoFileSource(video, fps=fps, end=end)) as cursor:
+        for i, q in enumerate(ordered):  # one at or past the end is asked at the end
+            if q.clip_end is None:
+                stretch = cursor.upto(q.ask_time)
+            elif i == len(ordered) - 1:
+                stretch = cursor.rest()  # the pass's own clip, played whole
+            else:
+                stretch = cursor.upto(q.clip_end, inclusive=False)
+            stream_t = await _feed(live, stretch, stream_t)
             on_answer(q, await _ask(live, q, max_new_tokens))
         stream_t = await _feed(live, cursor.rest(), stream_t)
     return stream_t
@@ -128,6 +143,16 @@ async def _feed(live: LiveSession, stretch: Stretch, stream_t: float) -> float:
     return stream_t
 
 
+def _work_units(todo: Sequence[RunQuery], mode: Mode) -> list[list[RunQuery]]:
+    """Live: one pass per source video; replay: one pass per query (in source, then time order)."""
+    by_source: dict[str, list[RunQuery]] = {}
+    for q in todo:
+        by_source.setdefault(q.source_name, []).append(q)
+    if mode == "live":
+        return list(by_source.values())
+    return [[q] for items in by_source.values() for q in sorted(items, key=lambda q: q.ask_time)]
+
+
 async def run_queries(
     queries: Iterable[RunQuery],
     *,
@@ -138,59 +163,78 @@ async def run_queries(
     out_dir: str | Path,
     skip_missing: bool = False,
     max_new_tokens: int = 32,
-    progress: Callable[[int], None] | None = None,
+    concurrency: int = 1,
+    progress: Progress | None = None,
 ) -> tuple[dict[str, str], RunReport]:
-    """Answer every query (resuming from ``out_dir/answers.jsonl``); returns answers by key and a report."""
+    """Answer every query (resuming from ``out_dir/answers.jsonl``); returns answers by key and a report.
+
+    ``concurrency`` passes (videos in live mode, questions in replay) run at once as sessions of one engine.
+    """
+    if concurrency < 1:
+        raise ValueError(f"concurrency must be at least 1, got {concurrency}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     log_ = AnswerLog(out / "answers.jsonl")
     queries = list(queries)
-    report = RunReport(mode, queries=len(queries))
-    by_video: dict[Path, list[RunQuery]] = {}
-    for q in queries:
-        by_video.setdefault(q.video, []).append(q)
-    missing = sorted(str(v) for v in by_video if not v.is_file())
+    report = RunReport(mode, queries=len(queries), concurrency=concurrency)
+    missing = sorted({str(q.video) for q in queries if not q.video.is_file()})
     if missing and not skip_missing:
         raise FileNotFoundError(f"{len(missing)} video(s) missing, e.g. {missing[0]} (use --skip-missing to go on)")
     report.missing_videos = missing
-    config = _with_frame_queue(config)
-    orchestrator = Orchestrator(make_engine(config.engine), adapter, config)
-    started = time.perf_counter()
+    todo = [q for q in queries if q.key not in log_.answers and str(q.video) not in missing]
+    report.skipped_done = sum(q.key in log_.answers for q in queries)
+    progress = progress or Progress()
+    progress.start(len(todo))
+    units = _work_units(todo, mode)
+    orchestrator = Orchestrator(make_engine(config.engine), adapter, _with_frame_queue(config))
 
     def record(q: RunQuery, response: str) -> None:
         log_.add(q.key, response)
         report.answered += 1
-        if progress is not None:
-            progress(1)
+        progress.advance(1)
 
+    async def play(unit: list[RunQuery]) -> None:
+        live = await orchestrator.create_session()
+        try:
+            report.stream_seconds += await _play(live, unit, config.perception.fps, record, max_new_tokens)
+            report.prefill_tokens += orchestrator.engine.session_stats(live.session_id).prefilled_tokens
+        except SourceError as exc:
+            log.warning("video %s failed: %s", unit[0].video, exc)
+            report.failed_videos.append(str(unit[0].video))
+            progress.discount(sum(q.key not in log_.answers for q in unit))
+        finally:
+            await orchestrator.close_session(live.session_id)
+
+    started = time.perf_counter()
     try:
-        for video, items in by_video.items():
-            todo = [q for q in items if q.key not in log_.answers]
-            report.skipped_done += len(items) - len(todo)
-            if progress is not None and len(items) > len(todo):
-                progress(len(items) - len(todo))
-            if not todo or str(video) in missing:
-                continue
-            report.video_seconds += max(q.ask_time for q in todo)
-            groups = [todo] if mode == "live" else [[q] for q in sorted(todo, key=lambda q: q.ask_time)]
-            try:
-                for group in groups:
-                    until = max(q.ask_time for q in group)
-                    live = await orchestrator.create_session()
-                    try:
-                        report.stream_seconds += await _play(
-                            live, video, config.perception.fps, until, group, record, max_new_tokens
-                        )
-                        report.prefill_tokens += orchestrator.engine.session_stats(live.session_id).prefilled_tokens
-                    finally:
-                        await orchestrator.close_session(live.session_id)
-            except SourceError as exc:
-                log.warning("video %s failed: %s", video, exc)
-                report.failed_videos.append(str(video))
+        await _run_units(units, play, concurrency)
     finally:
         await orchestrator.shutdown()
     report.seconds = time.perf_counter() - started
+    answered_now = {q.key for q in todo if q.key in log_.answers}
+    report.video_seconds = _video_seconds(q for q in todo if q.key in answered_now)
     return log_.answers, report
+
+
+def _video_seconds(queries: Iterable[RunQuery]) -> float:
+    """Distinct video time: each source video up to its last question."""
+    ends: dict[str, float] = {}
+    for q in queries:
+        ends[q.source_name] = max(ends.get(q.source_name, 0.0), q.ask_time)
+    return sum(ends.values())
+
+
+async def _run_units(units: Sequence[Any], play: Callable[[Any], Any], concurrency: int) -> None:
+    """Run ``play`` over ``units`` with at most ``concurrency`` at once, in order of start."""
+    pending = iter(units)
+
+    async def worker() -> None:
+        for unit in pending:  # one shared iterator: each unit is taken once
+            await play(unit)
+
+    async with asyncio.TaskGroup() as group:
+        for _ in range(min(concurrency, len(units))):
+            group.create_task(worker())
 
 
 def run(queries: Iterable[RunQuery], **kwargs: Any) -> tuple[dict[str, str], RunReport]:
@@ -288,7 +332,7 @@ class ForwardPoll:
 
 
 async def _forward_item(
-    orchestrator: Orchestrator, video: Path, polls: Sequence[ForwardPoll], fps: float
+    orchestrator: Orchestrator, video: Path, polls: Sequence[ForwardPoll], fps: float, clip: bool
 ) -> tuple[dict[str, str], int]:
     from assistant.decision import InstructionMonitor
 
@@ -297,7 +341,9 @@ async def _forward_item(
         monitors = {p.probe: InstructionMonitor(p.probe, interval_s=1.0, probe=p.probe, respond=False) for p in polls}
         for monitor in monitors.values():
             live.add_instruction(monitor)
-        await _play(live, video, fps, max(p.ask_time for p in polls), (), lambda q, r: None, 1)
+        end = None if clip else max(p.ask_time for p in polls) + 0.5 / fps  # a clip ends at its last poll
+        with SourceCursor(VideoFileSource(video, fps=fps, end=end)) as cursor:
+            await _feed(live, cursor.rest(), 0.0)
         await live.wait_idle()
         answers = {}
         for p in polls:
@@ -314,7 +360,7 @@ async def _forward_item(
 
 
 async def run_forward_native(
-    items: Sequence[tuple[Path, Sequence[ForwardPoll]]],
+    items: Sequence[tuple[Path, Sequence[ForwardPoll], bool]],
     *,
     adapter: Any,
     config: VigilConfig,
@@ -322,10 +368,13 @@ async def run_forward_native(
     out_dir: str | Path,
     skip_missing: bool = False,
 ) -> tuple[dict[str, str], RunReport]:
-    """Forward tasks in native mode: one session per item whose monitors fire by themselves; polls read them."""
+    """Forward tasks in native mode: one session per item whose monitors fire by themselves; polls read them.
+
+    An item is (file, polls, clip): with ``clip`` the file is a clip ending at the last poll, played whole.
+    """
     log_ = AnswerLog(Path(out_dir) / "answers.jsonl")
-    report = RunReport("native", queries=sum(len(polls) for _, polls in items))
-    missing = sorted({str(v) for v, _ in items if not v.is_file()})
+    report = RunReport("native", queries=sum(len(polls) for _, polls, _ in items))
+    missing = sorted({str(v) for v, _, _ in items if not v.is_file()})
     if missing and not skip_missing:
         raise FileNotFoundError(f"{len(missing)} video(s) missing, e.g. {missing[0]} (use --skip-missing to go on)")
     report.missing_videos = missing
@@ -333,13 +382,13 @@ async def run_forward_native(
     orchestrator = Orchestrator(make_engine(config.engine), adapter, config)
     started = time.perf_counter()
     try:
-        for video, polls in items:
+        for video, polls, clip in items:
             if str(video) in missing:
                 continue
             if all(p.key in log_.answers for p in polls):
                 report.skipped_done += len(polls)
                 continue
-            answers, prefill = await _forward_item(orchestrator, video, polls, config.perception.fps)
+            answers, prefill = await _forward_item(orchestrator, video, polls, config.perception.fps, clip)
             for key, response in answers.items():
                 log_.add(key, response)
             report.answered += len(answers)

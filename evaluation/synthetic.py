@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -66,3 +69,66 @@ def write_clip(
         for packet in stream.encode():
             container.mux(packet)
     return SyntheticClip(str(path), n / fps, fps, width, height, cuts)
+
+
+@dataclass(frozen=True, slots=True)
+class WrittenVideos:
+    """How many files ``write_ovo_videos`` wrote."""
+
+    sources: int
+    clips: int
+
+
+def clip_frames(end: float, fps: int) -> int:
+    """Frames of a clip from 0 to ``end`` s: those before ``end`` (at least one, as a clip cut at 0.03 s has)."""
+    return max(1, math.ceil(end * fps - 1e-9))
+
+
+def write_ovo_videos(
+    items: Sequence[Any],
+    root: str | os.PathLike,
+    *,
+    layout: str = "both",
+    fps: int = 5,
+    width: int = 160,
+    height: int = 120,
+    cut_every: float = 7.0,
+) -> WrittenVideos:
+    """Generated videos for OVO-Bench items in the benchmark's layouts (``source``, ``chunked`` or ``both``).
+
+    ``src_videos/{video}`` runs one second past the video's latest query; ``chunked_videos/{id}.mp4`` and
+    ``chunked_videos/{id}_{k}.mp4`` are its prefixes up to each query's and each poll's ``realtime`` (the same
+    frames, as the benchmark cuts its clips from the source).
+    """
+    from pathlib import Path
+
+    if layout not in ("source", "chunked", "both"):
+        raise ValueError(f"layout must be source, chunked or both, got {layout!r}")
+    if cut_every <= 0:
+        raise ValueError(f"cut_every must be positive, got {cut_every}")
+    out = Path(root)
+    ends: dict[str, list[tuple[str, float]]] = {}
+    for item in items:
+        polls = getattr(item, "polls", None)
+        if polls is None:
+            ends.setdefault(item.video, []).append((f"{item.id}.mp4", item.realtime))
+        else:
+            ends.setdefault(item.video, []).extend((f"{item.id}_{k}.mp4", p.realtime) for k, p in enumerate(polls))
+    sources = clips = 0
+    for video, clip_ends in ends.items():
+        seconds = math.ceil(max(t for _, t in clip_ends)) + 1.0
+        cuts = tuple(cut_every * i for i in range(1, int(seconds / cut_every) + 1))
+        if layout in ("source", "both"):
+            target = out / "src_videos" / video
+            target.parent.mkdir(parents=True, exist_ok=True)
+            write_clip(target, seconds=seconds, fps=fps, width=width, height=height, cut_times=cuts)
+            sources += 1
+        if layout in ("chunked", "both"):
+            (out / "chunked_videos").mkdir(parents=True, exist_ok=True)
+            for name, end in clip_ends:
+                n = clip_frames(end, fps)
+                write_clip(
+                    out / "chunked_videos" / name, seconds=n / fps, fps=fps, width=width, height=height, cut_times=cuts
+                )
+                clips += 1
+    return WrittenVideos(sources, clips)
