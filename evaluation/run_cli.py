@@ -120,7 +120,7 @@ def check_videos(res: layouts.Resolution, args: argparse.Namespace, names: Seque
 def prepare(
     args: argparse.Namespace, *, benchmark: str, layout: str, outputs: Sequence[str], extra: dict[str, Any]
 ) -> tuple[Any, dict[str, Any]]:
-    """The run's config and manifest, with the output folder checked (and cleared with ``--overwrite``)."""
+    """The run's config and manifest, with the output folder checked (``--overwrite`` clears both modes' outputs)."""
     if args.concurrency < 1:
         raise ValueError(f"--concurrency must be at least 1, got {args.concurrency}")
     config = run_config(args)
@@ -136,7 +136,8 @@ def prepare(
         extra=extra,
         run={"tasks": args.tasks, "limit": args.limit, "concurrency": args.concurrency},
     )
-    if manifest.prepare_out_dir(args.out, made, overwrite=args.overwrite, outputs=outputs):
+    stale = [name.replace(args.mode, other) for name in outputs for other in ("live", "replay")]
+    if manifest.prepare_out_dir(args.out, made, overwrite=args.overwrite, outputs=stale):
         print(f"vigil eval: resuming the run in {args.out} (same settings)", file=sys.stderr)
     return config, manifest.read_manifest(args.out)
 

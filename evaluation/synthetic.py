@@ -56,6 +56,7 @@ def write_clip(
     width, height = width - width % 2, height - height % 2
     n = round(seconds * fps)
     cuts = tuple(sorted(round(c * fps) / fps for c in cut_times if 0 < c < seconds))
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with av.open(str(path), "w") as container:
         stream = container.add_stream("h264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"

@@ -82,7 +82,7 @@ def test_live_and_replay_write_official_files_and_live_prefills_less(ovo_setup, 
 def test_runs_resume_after_interruption(ovo_setup, tmp_path, vigil_home) -> None:
     anno, videos = ovo_setup
     out = tmp_path / "resume"
-    out.mkdir()
+    _run(anno, videos, out, "live")  # writes the manifest a resume is checked against
     # an earlier run answered the two questions on video a, and its last line was cut off mid-write
     first, second = (item["id"] for item in json.loads(anno.read_text())[:2])
     (out / "answers.jsonl").write_text(
@@ -162,7 +162,7 @@ def test_streamingbench_proactive_native_mode(tmp_path, vigil_home, shared_data)
 def test_forward_tasks_in_native_mode(ovo_setup, tmp_path, vigil_home) -> None:
     anno, videos = ovo_setup
     report = _run(anno, videos, tmp_path / "native", "live", "--forward", "native")
-    assert report["answered"] == 2  # the two multiple-choice items were asked; the polls were read
+    assert report["answered"] == 5  # the two multiple-choice items were asked; the three polls were read
     doc = json.loads((tmp_path / "native" / "vigil_ovo_live.json").read_text())
     polls = {item["task"]: [p["response"] for p in item["test_info"]] for item in doc["forward"]}
     assert set(polls) == {"REC", "SSR"}
