@@ -196,7 +196,8 @@ async def run_queries(
     async def play(unit: list[RunQuery]) -> None:
         live = await orchestrator.create_session()
         try:
-            report.stream_seconds += await _play(live, unit, config.perception.fps, record, max_new_tokens)
+            played = await _play(live, unit, config.perception.fps, record, max_new_tokens)
+            report.stream_seconds += played  # added after the await: other passes add theirs meanwhile
             report.prefill_tokens += orchestrator.engine.session_stats(live.session_id).prefilled_tokens
         except SourceError as exc:
             log.warning("video %s failed: %s", unit[0].video, exc)

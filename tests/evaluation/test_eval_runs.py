@@ -74,7 +74,8 @@ def test_concurrent_sessions_answer_as_sequential_ones(ovo_data, tmp_path, vigil
     assert _run(anno, videos, tmp_path / "four", "--layout", "chunked", "--mode", mode, "--concurrency", "4") == 0
     assert _answers(tmp_path / "one") == _answers(tmp_path / "four")
     assert _report(tmp_path / "four", mode)["concurrency"] == 4
-    assert _report(tmp_path / "one", mode)["prefill_tokens"] == _report(tmp_path / "four", mode)["prefill_tokens"]
+    for key in ("prefill_tokens", "stream_seconds", "answered"):
+        assert _report(tmp_path / "one", mode)[key] == _report(tmp_path / "four", mode)[key], key
 
 
 def test_resume_refuses_other_settings_and_keeps_the_answers(ovo_data, tmp_path, vigil_home, capsys) -> None:
