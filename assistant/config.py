@@ -238,7 +238,7 @@ class SceneConfig(_Config):
         "(share of pixels whose colour moved to another bin) at or above which it is a cut candidate.",
     )
     frame_ratio: float = Field(
-        2.0,
+        1.5,
         ge=1.0,
         le=100.0,
         description="A candidate must also be this many times the median recent change "

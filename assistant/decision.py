@@ -11,7 +11,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Literal
 
-from assistant.config import SceneConfig
+from assistant.config import PROMPT_DEFAULTS, SceneConfig
 from assistant.events import PerceptionUpdate
 
 TriggerKind = Literal["scene_change", "instruction", "narration"]
@@ -33,8 +33,8 @@ class SceneChangeDetector:
 
     1. Per frame (``frame``), before frames merge into temporal steps: the colour-histogram change of each sampled
        frame against the one before. A frame fires when its change is at least ``frame_threshold`` and
-       ``frame_ratio`` times the median change of the recent ordinary frames. Colour histograms hardly move under
-       camera or object motion, so neither the step size nor a panning camera blinds this cue.
+       ``frame_ratio`` times the median change of the recent frames that did not fire. Colour histograms hardly
+       move under camera or object motion, so neither the step size nor a panning camera blinds this cue.
     2. Per step (``step``), the drop-ratio cue: a kept share far above its running baseline (a valley of the drop
        ratio), or a spike of the mean token change; it re-arms once a step looks ordinary again. It fires only
        when the step's largest colour change is at least ``drop_cue_frame_change`` (a cut between similarly
@@ -60,12 +60,10 @@ class SceneChangeDetector:
         c = self.config
         self._step_change = max(self._step_change, change)
         baseline = statistics.median(self._recent) if self._recent else 0.0
-        if change >= c.frame_threshold and change >= c.frame_ratio * baseline:
-            if t - self._last_fire >= c.cooldown_s:
-                self._last_fire = t
-                return Trigger("scene_change", t, change)
-            return None
-        self._recent.append(change)  # outliers do not raise the baseline
+        if change >= c.frame_threshold and change >= c.frame_ratio * baseline and t - self._last_fire >= c.cooldown_s:
+            self._last_fire = t
+            return Trigger("scene_change", t, change)  # a cut does not raise the baseline; steady motion does
+        self._recent.append(change)
         return None
 
     def step(self, update: PerceptionUpdate) -> Trigger | None:
@@ -113,21 +111,27 @@ def _last_frame_t(update: PerceptionUpdate) -> float:
 class InstructionMonitor:
     """A standing instruction ("tell me when a person enters") checked with the engine's yes/no probe.
 
-    Probes at most every ``interval_s`` of stream time, and on every scene change; fires on a rising edge
+    Probed on a regular stream-time cadence (every multiple of ``interval_s``, default the config's
+    ``proactive.probe_interval_s``), each probe on the memory up to its own time; fires on a rising edge
     (P(yes) >= ``on``) and re-arms only when P(yes) falls below ``off``, so one event gives one message.
     """
 
     instruction: str
-    interval_s: float = 4.0
+    interval_s: float | None = None
     on: float = 0.6
     off: float = 0.4
     probe: str | None = None
-    """The yes/no question to probe with (default: built from the instruction)."""
+    """The yes/no question to probe with (default: the session's probe prompt with the instruction)."""
     answer_prompt: str | None = None
-    """What to ask when it fires (default: ``instruction_prompt``)."""
+    """What to ask when it fires (default: the session's instruction prompt)."""
     respond: bool = True
     """Answer when it fires (False: only report the trigger)."""
-    _last_probe: float = field(default=-1e9, init=False)
+    next_slot: float | None = field(default=None, init=False)
+    """Stream time of the next probe (set by the policy when it first sees the monitor)."""
+    pending: int = field(default=0, init=False)
+    """Probes queued or running."""
+    skipped: int = field(default=0, init=False)
+    """Probe times skipped because ``proactive.max_pending_probes`` were waiting (a live stream only)."""
     _active: bool = field(default=False, init=False)
     history: list[tuple[float, bool]] = field(default_factory=list, init=False)
     """(stream time, active) after every probe."""
@@ -137,16 +141,11 @@ class InstructionMonitor:
             raise ValueError("an instruction must not be empty")
         if not 0.0 <= self.off < self.on <= 1.0:
             raise ValueError(f"need 0 <= off < on <= 1, got off={self.off}, on={self.on}")
-        if self.interval_s <= 0:
+        if self.interval_s is not None and not self.interval_s > 0:
             raise ValueError(f"interval_s must be positive, got {self.interval_s}")
-
-    def due(self, t: float, scene_changed: bool) -> bool:
-        """Whether to probe at stream time ``t``."""
-        return scene_changed or t - self._last_probe >= self.interval_s
 
     def observe(self, t: float, p_yes: float) -> Trigger | None:
         """Record a probe result; a Trigger on the rising edge."""
-        self._last_probe = t
         fired = None
         if not self._active and p_yes >= self.on:
             self._active = True
@@ -175,20 +174,28 @@ class InstructionMonitor:
             previous = active
         return count
 
+    def question_for(self, template: str) -> str:
+        """The yes/no probe: ``probe`` if given, else ``template`` with the instruction."""
+        return self.probe or template.format(instruction=self.instruction.strip().rstrip("?."))
+
+    def prompt_for(self, template: str) -> str:
+        """What to ask when it fires: ``answer_prompt`` if given, else ``template`` with the instruction."""
+        return self.answer_prompt or template.format(instruction=self.instruction.strip())
+
     @property
     def question(self) -> str:
-        """The yes/no probe for this instruction."""
-        return self.probe or f"Is this true right now: {self.instruction.strip().rstrip('?.')}?"
+        """The yes/no probe with the default wording."""
+        return self.question_for(PROMPT_DEFAULTS["default"]["probe"])
 
     @property
     def prompt(self) -> str:
-        """What to ask the engine when the instruction fires."""
-        return self.answer_prompt or instruction_prompt(self.instruction)
+        """What to ask when it fires, with the default wording."""
+        return self.prompt_for(PROMPT_DEFAULTS["default"]["instruction"])
 
 
-NARRATION_PROMPT = "Describe in one short sentence what just changed in the video."
+NARRATION_PROMPT = PROMPT_DEFAULTS["default"]["narration"]
 
 
 def instruction_prompt(instruction: str) -> str:
-    """What to ask the engine when an instruction fires."""
-    return f'The user asked: "{instruction}". It is happening now. Tell the user briefly what you see.'
+    """What to ask the engine when an instruction fires (default wording)."""
+    return PROMPT_DEFAULTS["default"]["instruction"].format(instruction=instruction)
