@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -196,11 +196,8 @@ def run_scene_grid(
 ) -> list[SceneBenchResult]:
     """``run_scene_bench`` for every (fps, frames per step), the cuts measured once."""
     cuts = list(cut_times) if cut_times is not None else measure_cuts(video)
-    results = [run_scene_bench(video, fps, n, cuts) for fps, n in settings]
-    return [
-        SceneBenchResult(**{**{f: getattr(r, f) for f in r.__slots__}, "cuts_measured": cut_times is None})
-        for r in results
-    ]
+    measured = cut_times is None
+    return [replace(run_scene_bench(video, fps, n, cuts), cuts_measured=measured) for fps, n in settings]
 
 
 def _cell(scores: list[dict[str, Any]], tolerance: float) -> str:
