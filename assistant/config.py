@@ -227,6 +227,114 @@ class ServerConfig(_Config):
         return keys
 
 
+class SceneConfig(_Config):
+    """The scene-change detector: a per-frame colour cue (before frames merge into steps) and the drop-ratio cue."""
+
+    frame_threshold: float = Field(
+        0.25,
+        gt=0.0,
+        le=1.0,
+        description="Colour-histogram change of a frame against the previous sampled frame "
+        "(share of pixels whose colour moved to another bin) at or above which it is a cut candidate.",
+    )
+    frame_ratio: float = Field(
+        1.5,
+        ge=1.0,
+        le=100.0,
+        description="A candidate must also be this many times the median recent change "
+        "(steady fast motion raises the bar).",
+    )
+    baseline_frames: int = Field(8, ge=1, le=1000, description="Ordinary frames the median baseline spans.")
+    cooldown_s: float = Field(1.5, ge=0.0, le=3600.0, description="Stream seconds after a trigger with no other.")
+    drop_cue: bool = Field(True, description="Also fire on a step whose kept share or token change jumps.")
+    drop_cue_frame_change: float = Field(
+        0.15,
+        ge=0.0,
+        le=1.0,
+        description="The drop-ratio cue fires only with at least this colour change in "
+        "the step (so motion that keeps many tokens is not a cut).",
+    )
+    sensitivity: float = Field(0.35, gt=0.0, le=1.0, description="Kept share above its baseline that is a jump.")
+    min_kept: float = Field(0.5, gt=0.0, le=1.0, description="Least kept share of a drop-ratio jump.")
+    change_ratio: float = Field(
+        2.5, gt=1.0, le=100.0, description="Mean token change over its baseline that is a jump."
+    )
+    min_change: float = Field(0.1, ge=0.0, le=1.0, description="Least mean token change of a jump.")
+    rearm: float = Field(0.5, gt=0.0, le=1.0, description="Share of the jump levels a step must fall below to re-arm.")
+    alpha: float = Field(0.2, gt=0.0, le=1.0, description="Weight of a new ordinary step in the step baselines.")
+    warmup_steps: int = Field(2, ge=0, le=1000, description="Steps before the drop-ratio cue may fire.")
+
+
+class ProactiveConfig(_Config):
+    """When a session speaks by itself: scene changes and the probes of standing instructions."""
+
+    scene: SceneConfig = Field(default_factory=SceneConfig)
+    probe_interval_s: float = Field(
+        4.0,
+        gt=0.0,
+        le=3600.0,
+        description="Stream seconds between the probes of a standing instruction (a "
+        "probe at every multiple of it, answered on the memory up to that time).",
+    )
+    max_pending_probes: int = Field(
+        8,
+        ge=1,
+        le=1000,
+        description="Probes of one instruction that may wait; a live stream skips (and counts) "
+        "slots beyond it, a file played losslessly waits instead.",
+    )
+
+
+PROMPT_DEFAULTS: dict[str, dict[str, str]] = {
+    "default": {
+        "probe": "Is this true right now: {instruction}?",
+        "narration": "Describe in one short sentence what just changed in the video.",
+        "instruction": 'The user asked: "{instruction}". It is happening now. Tell the user briefly what you see.',
+    },
+}
+"""Prompt wording by model family (``model_type``, e.g. ``qwen2_5_vl``); a family's missing keys come from
+``default``. Add a family here when its checkpoints are tuned for another phrasing."""
+
+
+class PromptsConfig(_Config):
+    """Wording of the session's own prompts; None takes the model family's default (``PROMPT_DEFAULTS``)."""
+
+    probe: str | None = Field(
+        None,
+        min_length=1,
+        max_length=2000,
+        description="Yes/no probe of a standing instruction; '{instruction}' "
+        "is replaced by its text (the engine adds the family's answer-yes-or-no suffix).",
+    )
+    narration: str | None = Field(None, min_length=1, max_length=2000, description="What to ask at a scene change.")
+    instruction: str | None = Field(
+        None,
+        min_length=1,
+        max_length=2000,
+        description="What to ask when an instruction fires; '{instruction}' is replaced by its text.",
+    )
+
+    @field_validator("probe", "instruction")
+    @classmethod
+    def _one_placeholder(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                value.format(instruction="x")
+            except (KeyError, IndexError, ValueError) as exc:
+                raise ValueError(
+                    f"only the placeholder {{instruction}} may appear (braces as {{{{ }}}}): {exc}"
+                ) from None
+        return value
+
+    def resolve(self, family: str | None) -> dict[str, str]:
+        """The three prompts for a model family: the configured ones, else the family's, else the defaults."""
+        merged = {**PROMPT_DEFAULTS["default"], **PROMPT_DEFAULTS.get(family or "", {})}
+        for key in ("probe", "narration", "instruction"):
+            if (value := getattr(self, key)) is not None:
+                merged[key] = value
+        return merged
+
+
 class VigilConfig(_Config):
     """The whole configuration."""
 
@@ -236,6 +344,8 @@ class VigilConfig(_Config):
     engine: EngineConfig = Field(default_factory=EngineConfig)
     session: SessionConfig = Field(default_factory=SessionConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
+    proactive: ProactiveConfig = Field(default_factory=ProactiveConfig)
+    prompts: PromptsConfig = Field(default_factory=PromptsConfig)
 
     @model_validator(mode="after")
     def _kv_fits_memory(self) -> VigilConfig:

@@ -123,13 +123,25 @@ class JobQueue:
         return False
 
     async def take(self) -> Job | None:
-        """The next job by priority, waiting for one; None once the queue is closed."""
+        """The next job by priority, waiting for one; None once the queue is closed.
+
+        A probe about an earlier stream time runs first: later memory waits for it, so whatever comes after it
+        would not see the newest frames.
+        """
         while not self._heap:
             if self.closed:
                 return None
             self._ready.clear()
             await self._ready.wait()
-        return heapq.heappop(self._heap)
+        job = heapq.heappop(self._heap)
+        earlier = [j for j in self._heap if j.kind == "probe" and j.t < job.t]
+        if job.kind != "probe" and earlier:
+            probe = min(earlier, key=lambda j: (j.t, j.order))
+            self._heap.remove(probe)
+            self._heap.append(job)
+            heapq.heapify(self._heap)
+            return probe
+        return job
 
     def close(self, error: BaseException) -> None:
         """Refuse new jobs, cancel the running one, and fail the queued ones with ``error``."""

@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
 
+from assistant.causal import CausalOutbox
 from assistant.config import SessionOptions
 from assistant.decision import InstructionMonitor, SceneChangeDetector
 from assistant.errors import SessionClosedError
@@ -41,8 +43,25 @@ class LiveSession:
             self.session_id, self.events, fps=config.perception.fps, capacity=config.session.frame_queue
         )
         self.jobs = JobQueue(self.session_id)
-        self.proactive = ProactivePolicy(options.proactive, options.instructions, self.events, self.jobs)
-        self.perception_loop = PerceptionLoop(session, self.intake, self.events, self._on_step)
+        session.outbox = CausalOutbox(partial(session.engine.apply, self.session_id))
+        family = session.adapter.family if session.adapter is not None else None
+        self.proactive = ProactivePolicy(
+            options.proactive,
+            options.instructions,
+            self.events,
+            self.jobs,
+            config=config.proactive,
+            prompts=config.prompts.resolve(family),
+            outbox=session.outbox,
+        )
+        self.perception_loop = PerceptionLoop(
+            session,
+            self.intake,
+            self.events,
+            self._on_step,
+            before_frame=self.proactive.before_frame,
+            on_frame=self.proactive.on_frame,
+        )
         self.reaction_loop = ReactionLoop(session, self.jobs, self.events, self.proactive.on_probe)
         self._tasks: list[asyncio.Task] = []
         self._closed = False
@@ -122,8 +141,10 @@ class LiveSession:
         """Push a source's frames at ``offset`` + their time as they arrive; yields each queued frame's stream time.
 
         ``lossless`` waits for room in the queue instead of dropping the oldest frame (a file played faster than
-        real time). Closing the iterator closes the source.
+        real time), and for a full backlog of probes instead of skipping probe times. Closing the iterator closes
+        the source.
         """
+        self.proactive.lossless = lossless
         with source:
             async with contextlib.aclosing(aiter_frames(source)) as frames:
                 async for frame in frames:

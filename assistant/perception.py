@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -28,6 +29,34 @@ DEFAULT_TOKENS_PER_SECOND = 2.0
 """Temporal position spacing per second when no model is loaded (Qwen2.5-VL's)."""
 PIXEL_DESCRIPTOR_CELLS = 4
 """A token's pixel descriptor is its region average-pooled to CELLS x CELLS x RGB."""
+COLOUR_BINS = 8
+"""Bins per channel (Y, U, V) of a frame's colour histogram."""
+COLOUR_SAMPLE_WIDTH = 64
+"""A frame's colour histogram counts about this many pixels per row (a strided subsample)."""
+
+
+@dataclass(frozen=True, slots=True)
+class FrameSignal:
+    """What one sampled frame says before it is merged into a temporal step."""
+
+    index: int
+    t: float
+    colour_change: float | None
+    """Half the L1 distance between its colour histogram and the previous frame's, in [0, 1] (the share of pixels
+    that moved to another colour bin); None for the first frame of a stream."""
+
+
+def colour_histogram(image: np.ndarray) -> np.ndarray:
+    """Normalised joint YUV histogram [COLOUR_BINS**3] of an RGB frame [H, W, 3] uint8 (strided subsample)."""
+    stride = max(1, image.shape[1] // COLOUR_SAMPLE_WIDTH)
+    x = image[::stride, ::stride].reshape(-1, 3).astype(np.float32)  # [P, 3]
+    y = x @ np.array([0.299, 0.587, 0.114], dtype=np.float32)  # [P] BT.601 luma
+    u = (x[:, 2] - y) * 0.564 + 128.0
+    v = (x[:, 0] - y) * 0.713 + 128.0
+    bins = [np.clip((c * (COLOUR_BINS / 256.0)).astype(np.int64), 0, COLOUR_BINS - 1) for c in (y, u, v)]
+    index = (bins[0] * COLOUR_BINS + bins[1]) * COLOUR_BINS + bins[2]  # [P]
+    hist = np.bincount(index, minlength=COLOUR_BINS**3).astype(np.float64)
+    return hist / hist.sum()
 
 
 @dataclass(slots=True)
@@ -114,6 +143,9 @@ class Perception:
         self.size: tuple[int, int] | None = None
         """Resized (height, width) of every frame, fixed by the first frame."""
         self._pending: list[Frame] = []
+        self._histogram: np.ndarray | None = None
+        self.frame_signal: FrameSignal | None = None
+        """The signal of the newest pushed frame (read it after each ``push``)."""
 
     @classmethod
     def from_config(
@@ -143,6 +175,7 @@ class Perception:
 
     def push(self, frame: Frame) -> PerceptionUpdate | None:
         """Add one sampled frame; returns an update when it completes a temporal step."""
+        self.frame_signal = self._signal(frame)
         self._pending.append(frame)
         if len(self._pending) < self.frames_per_step:
             return None
@@ -166,6 +199,13 @@ class Perception:
         """Forget the drop reference and buffered frames (the next step keeps everything)."""
         self.dropper.reset()
         self._pending.clear()
+        self._histogram = None
+
+    def _signal(self, frame: Frame) -> FrameSignal:
+        histogram = colour_histogram(frame.image)
+        change = None if self._histogram is None else 0.5 * float(np.abs(histogram - self._histogram).sum())
+        self._histogram = histogram
+        return FrameSignal(frame.index, frame.t, change)
 
     def _process_step(self) -> PerceptionUpdate:
         frames, self._pending = self._pending, []

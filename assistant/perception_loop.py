@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from assistant.event_log import EventLog
 from assistant.events import ErrorEvent, FrameAccepted, PerceptionStep, PerceptionUpdate
 from assistant.intake import FrameIntake
+from assistant.perception import FrameSignal
 from assistant.session import Session
 from assistant.sources import Frame
 
@@ -20,13 +21,23 @@ class PerceptionLoop:
     """Perceives one queued frame at a time; never waits for reaction (the model work runs in a thread)."""
 
     def __init__(
-        self, session: Session, intake: FrameIntake, events: EventLog, on_step: Callable[[PerceptionUpdate], None]
+        self,
+        session: Session,
+        intake: FrameIntake,
+        events: EventLog,
+        on_step: Callable[[PerceptionUpdate], None],
+        *,
+        before_frame: Callable[[float], Awaitable[None]] | None = None,
+        on_frame: Callable[[FrameSignal], None] | None = None,
     ) -> None:
-        """``on_step`` gets every completed step, in order, on the event loop."""
+        """``on_step`` gets every completed step, in order, on the event loop; ``before_frame`` is awaited with
+        each frame's stream time before it is perceived, ``on_frame`` gets each perceived frame's signal."""
         self.session = session
         self.intake = intake
         self.events = events
         self.on_step = on_step
+        self.before_frame = before_frame
+        self.on_frame = on_frame
         self.processed_frames = 0
         self.stream_t = 0.0
         """Stream time of the newest processed frame."""
@@ -36,8 +47,11 @@ class PerceptionLoop:
     async def run(self) -> None:
         """Perceive frames until the intake closes."""
         while (queued := await self.intake.take()) is not None:
-            # 1. perceive: sample, encode, drop, remember (blocking compute, off the event loop)
+            # 1. decisions due before this frame (probes of earlier stream times)
             self.busy = True
+            if self.before_frame is not None:
+                await self.before_frame(queued.frame.t)
+            # 2. perceive: sample, encode, drop, remember (blocking compute, off the event loop)
             try:
                 update = await asyncio.to_thread(self.session.ingest, queued.frame)
             except Exception as exc:  # a bad frame fails alone
@@ -45,14 +59,16 @@ class PerceptionLoop:
                 continue
             finally:
                 self.busy = False
-            # 2. report the frame, and the step it completed
+            # 3. report the frame, decide on it, then on the step it completed
             self.processed_frames += 1
             self.stream_t = queued.frame.t
             self.events.emit(FrameAccepted, queued.frame.t, index=queued.frame.index)
+            signal = self.session.perception.frame_signal
+            if self.on_frame is not None and signal is not None:
+                self.on_frame(signal)
             if update is None:
                 continue
             self._report(update, lag=time.monotonic() - queued.arrived)
-            # 3. decide on the step
             self.on_step(update)
 
     def _report(self, update: PerceptionUpdate, lag: float) -> None:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
+from assistant.causal import CausalOutbox
 from assistant.config import MemoryConfig, VigilConfig
 from assistant.events import PerceptionUpdate
 from assistant.models.base import VisionLanguageAdapter
@@ -75,6 +76,8 @@ class Session:
         self.archive = archive if archive is not None else build_archive(config.memory, session_id)
         policy, context = make_policy(config.memory.policy), engine.context_budget()
         self.memory = VisualMemory(config.memory.budget_tokens, policy, self.archive, context=context)
+        self.outbox: CausalOutbox | None = None
+        """Where memory changes go on their way to the engine (held behind open probes); None: straight there."""
 
     async def start(self) -> None:
         """Open the engine side of the session."""
@@ -113,8 +116,12 @@ class Session:
             frames=update.frames,
             round=self.memory.round,
         )
-        ops = self.memory.add(entry)
-        self.engine.apply(self.session_id, [AddEntry(entry), *ops])
+        changes = [AddEntry(entry), *self.memory.add(entry)]
+        if self.outbox is None:
+            self.engine.apply(self.session_id, changes)
+        else:  # the step's last frame time decides what a probe may see
+            n = len(update.frame_indices)
+            self.outbox.send(changes, update.t_start + (update.t_end - update.t_start) * (n - 1) / max(n, 1))
 
     def recall(self, question: str) -> tuple[MemoryEntry, ...]:
         """Archived entries most relevant to a question (empty without an archive or recall)."""

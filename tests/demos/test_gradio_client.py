@@ -86,8 +86,9 @@ def test_a_session_watches_answers_and_ends(client: Client, app, frame_files: li
     assert mine[0]["type"] == "answer_start" and mine[-1]["type"] == "answer_done"
     deltas = "".join(e["text"] for e in mine if e["type"] == "answer_delta")
     assert len([e for e in mine if e["type"] == "answer_delta"]) >= 2 and deltas.strip() == answer["text"].strip()
-    # the bunny -> bikes cut (frame 8, 4.0 s) is reported by itself: a proactive scene-change trigger
-    assert [e["t"] for e in events if e["type"] == "trigger" and e["kind"] == "scene_change"] == [4.0]
+    # the bunny -> bikes cut (frame 8, 4.0 s) and the bikes clip's own cut at 1.2 s (first seen at 5.5 s) are
+    # reported by themselves: proactive scene-change triggers
+    assert [e["t"] for e in events if e["type"] == "trigger" and e["kind"] == "scene_change"] == [4.0, 5.5]
     later = client.predict(sid, page["last_seq"], api_name="/events")
     assert all(e["seq"] > page["last_seq"] for e in later["events"])
 
