@@ -1,5 +1,5 @@
 """``vigil eval ovo run`` over the in-process vLLM engine and over a real ``vllm serve`` (the remote engine), on
-generated OVO-Bench chunked clips of three real queries (EPM at 7 s, REC polled at 14 and 22 s)."""
+generated OVO-Bench chunked clips of three real queries, retimed short (EPM at 4 s, REC polled at 3 and 6 s)."""
 
 from __future__ import annotations
 
@@ -26,7 +26,9 @@ def ovo_clips(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> tu
     root = tmp_path_factory.mktemp("ovo-vllm")
     records = {r["id"]: r for r in json.loads((shared_data / "ovo-bench" / "ovo_bench_subset.json").read_text())}
     anno = root / "anno.json"
-    anno.write_text(json.dumps([records[8], records[1560]]))
+    epm, rec = dict(records[8], realtime=4), dict(records[1560])
+    rec["test_info"] = [dict(rec["test_info"][0], realtime=3), dict(rec["test_info"][1], realtime=6)]
+    anno.write_text(json.dumps([epm, rec]))
     write_ovo_videos(ovo_bench.load_annotations(anno), root / "data", layout="chunked", fps=2, width=64, height=48)
     return anno, root / "data"
 
