@@ -63,7 +63,7 @@ def _guarded(fn: Handler) -> Handler:
     def run(args: argparse.Namespace) -> int:
         try:
             return fn(args)
-        except (BenchmarkFormatError, OSError, ValueError) as exc:
+        except (BenchmarkFormatError, OSError, ValueError, run_cli.EngineFailure) as exc:
             message = " ".join(str(exc).split())
             print(f"vigil eval: error: {message}", file=sys.stderr)
             return 2

@@ -8,8 +8,11 @@ found in the benchmark's layout (``--layout``, ``evaluation.layouts``), and the 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import sys
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -18,6 +21,10 @@ from evaluation.run_report import Progress, RunReport
 
 ANSWERED_NOTHING = 1
 """Exit code of a run whose videos all failed: nothing was answered."""
+
+
+class EngineFailure(RuntimeError):
+    """The engine failed during a run (a replica rejected or dropped requests, vLLM did not start)."""
 
 
 class EvalRuntime(NamedTuple):
@@ -60,7 +67,11 @@ class BarProgress(Progress):
         from tqdm import tqdm
 
         super().start(total)
-        self.bar = tqdm(total=total, unit="query", desc=self.desc, file=sys.stderr)
+        if self.bar is None:
+            self.bar = tqdm(total=self.total, unit="query", desc=self.desc, file=sys.stderr)
+        else:  # a later part of the run (native polls, proactive instructions)
+            self.bar.total = self.total
+            self.bar.refresh()
 
     def advance(self, n: int = 1) -> None:
         super().advance(n)
@@ -142,37 +153,82 @@ def prepare(
     return config, manifest.read_manifest(args.out)
 
 
-def run_and_report(
-    args: argparse.Namespace, runtime: EvalRuntime, queries: list[Any], name: str, missing: list[str]
-) -> tuple[dict[str, str], RunReport]:
-    """Answer ``queries`` with a progress bar of this run's work; print what it did and what it cost."""
-    import asyncio
-
-    from evaluation.runner import run_queries
-
-    adapter, config, make_engine = runtime
-    bar = BarProgress(f"{name} {args.mode}")
+@contextlib.asynccontextmanager
+async def shared_engine(runtime: EvalRuntime) -> AsyncIterator[Any]:
+    """The one engine every part of a run answers on (built on this event loop, shut down at the end)."""
+    engine = runtime.make_engine(runtime.config.engine)
     try:
-        answers, report = asyncio.run(
-            run_queries(
-                queries,
-                adapter=adapter,
-                config=config,
-                make_engine=make_engine,
-                mode=args.mode,
-                out_dir=args.out,
-                skip_missing=args.skip_missing,
-                max_new_tokens=config.engine.max_new_tokens,
-                concurrency=args.concurrency,
-                progress=bar,
-            )
-        )
+        yield engine
+    finally:
+        await engine.shutdown()
+
+
+def merge_report(report: RunReport, part: RunReport) -> None:
+    """Add a later part's counts and costs to the run's report (its wall time is measured over all parts)."""
+    report.queries += part.queries
+    report.answered += part.answered
+    report.skipped_done += part.skipped_done
+    report.prefill_tokens += part.prefill_tokens
+    report.stream_seconds += part.stream_seconds
+    report.video_seconds += part.video_seconds
+    report.failed_videos += part.failed_videos
+    report.missing_videos = sorted(set(report.missing_videos) | set(part.missing_videos))
+
+
+def kept_answers(args: argparse.Namespace, keys: Sequence[str]) -> RunReport | None:
+    """The report of a run whose every query was answered earlier (no model needed); None when work is left."""
+    from evaluation.runner import answered_keys
+
+    if not keys or not set(keys) <= answered_keys(args.out):
+        return None
+    print(
+        f"vigil eval: all {len(keys)} queries were answered in an earlier run; "
+        "writing the results from those answers (no model loaded)",
+        file=sys.stderr,
+    )
+    return RunReport(args.mode, queries=len(keys), skipped_done=len(keys), concurrency=args.concurrency)
+
+
+def answer_all(
+    args: argparse.Namespace,
+    setup: RunnerSetup,
+    keys: Sequence[str],
+    name: str,
+    parts: Callable[[EvalRuntime, Any, Progress], Any],
+) -> RunReport:
+    """The run's report: from the kept answers when nothing is left, else the model is loaded once and ``parts``
+    (a coroutine function of runtime, engine and progress returning the report) answer on one engine."""
+    report = kept_answers(args, keys)
+    if report is not None:
+        return report
+    runtime = setup(args)  # the model is loaded once for every part
+    bar = BarProgress(f"{name} {args.mode}")
+
+    async def run() -> RunReport:
+        async with shared_engine(runtime) as engine:
+            started = time.perf_counter()  # the engine's start is not the run's cost
+            report = await parts(runtime, engine, bar)
+            report.seconds = time.perf_counter() - started
+            return report
+
+    from assistant.reaction import EngineError
+
+    try:
+        return asyncio.run(run())
+    except EngineError as exc:
+        raise EngineFailure(
+            f"the {runtime.config.engine.kind} engine failed: {exc}; the answers so far are kept in "
+            f"{Path(args.out) / manifest.ANSWERS} (rerun to resume)"
+        ) from None
     finally:
         bar.close()
+
+
+def finish_report(report: RunReport, missing: Sequence[str]) -> None:
+    """Count the queries skipped for missing videos and print the report."""
     report.queries += len(missing)
     report.missing_videos = sorted(set(report.missing_videos) | set(missing))
     print_report(report)
-    return answers, report
 
 
 def print_report(report: RunReport) -> None:
@@ -272,7 +328,7 @@ def _forward_polls(queries: list[Any], res: layouts.Resolution) -> list[tuple[Pa
 
     In the chunked layout an item plays the clip of its latest poll (each poll's clip is a prefix of it).
     """
-    from evaluation.runner import ForwardPoll
+    from evaluation.native import ForwardPoll
 
     grouped: dict[int, tuple[list[Any], list[Any]]] = {}
     for q in queries:
@@ -324,45 +380,56 @@ def _ovo_runs(asked: list[Any], res: layouts.Resolution) -> list[Any]:
     return runs
 
 
+def _ovo_parts(args: argparse.Namespace, runs: list[Any], items: list[Any]) -> Callable[..., Any]:
+    """The OVO-Bench run on one engine: the asked queries, then the forward items read natively."""
+
+    async def parts(runtime: EvalRuntime, engine: Any, bar: Progress) -> RunReport:
+        from evaluation.native import run_forward_native
+        from evaluation.runner import run_queries
+
+        common = {"adapter": runtime.adapter, "config": runtime.config, "engine": engine, "out_dir": args.out}
+        _, report = await run_queries(
+            runs,
+            **common,
+            mode=args.mode,
+            skip_missing=args.skip_missing,
+            max_new_tokens=runtime.config.engine.max_new_tokens,
+            concurrency=args.concurrency,
+            progress=bar,
+        )
+        if items:
+            _, native = await run_forward_native(
+                items, **common, skip_missing=True, concurrency=args.concurrency, progress=bar
+            )
+            merge_report(report, native)
+            print(
+                f"forward tasks (native): {native.answered} polls read from the decision module, "
+                f"{native.skipped_done} from an earlier run"
+            )
+        return report
+
+    return parts
+
+
 def ovo_run(setup: RunnerSetup) -> Callable[[argparse.Namespace], int]:
     """The ``eval ovo run`` handler over a runtime loader."""
 
     def run_ovo(args: argparse.Namespace) -> int:
-        import asyncio
         import json
 
-        from evaluation.runner import run_forward_native
+        from evaluation.runner import AnswerLog
 
         asked, native, res = _ovo_plan(args)
         outputs = [f"vigil_ovo_{args.mode}.json", f"report_{args.mode}.json"]
         _, made = prepare(args, benchmark="ovo", layout=res.layout, outputs=outputs, extra={"forward": args.forward})
-        runtime = setup(args)  # the model is loaded once for both parts
-        missing = [str(res.missing[q.key]) for q in asked if q.key in res.missing]
-        answers, report = run_and_report(args, runtime, _ovo_runs(asked, res), "ovo", missing)
-        if native:
-            adapter, config, make_engine = runtime
-            native_answers, native_report = asyncio.run(
-                run_forward_native(
-                    _forward_polls(native, res),
-                    adapter=adapter,
-                    config=config,
-                    make_engine=make_engine,
-                    out_dir=args.out,
-                    skip_missing=True,
-                )
-            )
-            answers.update(native_answers)
-            report.answered += native_report.answered
-            report.skipped_done += native_report.skipped_done
-            report.prefill_tokens += native_report.prefill_tokens
-            print(
-                f"forward tasks (native): {native_report.answered} polls read from the decision module, "
-                f"{native_report.skipped_done} from an earlier run"
-            )
+        runs, items = _ovo_runs(asked, res), _forward_polls(native, res)
+        keys = [r.key for r in runs] + [poll.key for _, polls, _ in items for poll in polls]
+        report = answer_all(args, setup, keys, "ovo", _ovo_parts(args, runs, items))
+        finish_report(report, [str(res.missing[q.key]) for q in asked if q.key in res.missing])
         if answered_nothing(report):
             return ANSWERED_NOTHING
-        queries = [*asked, *native]
-        answered = [(q, answers[q.key]) for q in queries if q.key in answers]
+        answers = AnswerLog(Path(args.out) / manifest.ANSWERS).answers
+        answered = [(q, answers[q.key]) for q in [*asked, *native] if q.key in answers]
         path = ovo_bench.write_official(Path(args.out) / outputs[0], answered)
         score = ovo_bench.score_results(ovo_bench.load_results(path))
         total = "n/a" if score.total is None else f"{score.total:.2f}"
@@ -396,53 +463,11 @@ def _sb_runs(questions: list[Any], res: layouts.Resolution) -> list[Any]:
     return runs
 
 
-def sb_run(setup: RunnerSetup) -> Callable[[argparse.Namespace], int]:
-    """The ``eval streamingbench run`` handler over a runtime loader."""
-
-    def run_sb(args: argparse.Namespace) -> int:
-        import json
-
-        questions = sb_questions(args)
-        proactive = limited([q for q in questions if q.is_proactive], args.limit) if questions else []
-        questions = limited([q for q in questions if not q.is_proactive], args.limit) if questions else []
-        if not questions and not proactive:
-            raise ValueError(f"no question of the chosen tasks ({args.tasks}) in {', '.join(args.anno)}")
-        res = layouts.resolve_streamingbench([*questions, *proactive], args.videos, args.layout)
-        check_videos(res, args, layouts.STREAMINGBENCH_LAYOUTS)
-        outputs = [f"vigil_streamingbench_{args.mode}.jsonl", f"report_{args.mode}.json"]
-        _, made = prepare(args, benchmark="streamingbench", layout=res.layout, outputs=outputs, extra={})
-        runtime = setup(args)  # the model is loaded once for both parts
-        missing = [str(res.missing[q.key]) for q in questions if q.key in res.missing]
-        answers, report = run_and_report(args, runtime, _sb_runs(questions, res), "streamingbench", missing)
-        records = [streamingbench.result_record(q, answers[q.key]) for q in questions if q.key in answers]
-        played = _sb_proactive(args, runtime, [q for q in proactive if q.key in res.found], res)
-        records += played
-        report.answered += len(played)
-        if answered_nothing(report):
-            return ANSWERED_NOTHING
-        path = streamingbench.write_results(Path(args.out) / outputs[0], records)
-        score = streamingbench.score_results(streamingbench.load_results(path))
-        overall = ", ".join(f"{kind} {100 * a.accuracy:.2f}" for kind, a in score.kinds.items())
-        print(f"wrote {path}; accuracy: {overall or 'none'}")
-        doc = {**report.as_dict(), "layout": res.layout, "scores": score.as_dict(), "manifest": made}
-        (Path(args.out) / outputs[1]).write_text(json.dumps(doc, indent=2) + "\n")
-        return 0
-
-    return run_sb
-
-
-def _sb_proactive(
-    args: argparse.Namespace, runtime: EvalRuntime, questions: list[Any], res: layouts.Resolution
-) -> list[dict]:
+def _sb_proactive_runs(questions: list[Any], res: layouts.Resolution) -> list[Any]:
     """Proactive Output in native mode: the decision module decides when to answer (scored with the same rule)."""
-    import asyncio
+    from evaluation.native import ProactiveQuery
 
-    from evaluation.runner import ProactiveQuery, run_proactive
-
-    if not questions:
-        return []
-    adapter, config, make_engine = runtime
-    runs = [
+    return [
         ProactiveQuery(
             q.key,
             found_path(res, q.key),
@@ -453,19 +478,77 @@ def _sb_proactive(
             streamingbench.proactive_answer_prompt(q),
         )
         for q in questions
+        if q.key in res.found
     ]
-    results, report = asyncio.run(
-        run_proactive(
-            runs,
-            adapter=adapter,
-            config=config,
-            make_engine=make_engine,
-            skip_missing=True,
-            max_new_tokens=config.engine.max_new_tokens,
-        )
-    )
-    print(
-        f"proactive (native): {report.answered} of {len(runs)} played, "
-        f"{sum(t is not None for _, t in results.values())} answered by the decision module"
-    )
-    return [streamingbench.result_record(q, *results[q.key]) for q in questions if q.key in results]
+
+
+def _sb_parts(args: argparse.Namespace, runs: list[Any], proactive: list[Any]) -> Callable[..., Any]:
+    """The StreamingBench run on one engine: the multiple-choice questions, then the proactive instructions."""
+
+    async def parts(runtime: EvalRuntime, engine: Any, bar: Progress) -> RunReport:
+        from evaluation.native import run_proactive
+        from evaluation.runner import run_queries
+
+        common = {
+            "adapter": runtime.adapter,
+            "config": runtime.config,
+            "engine": engine,
+            "out_dir": args.out,
+            "max_new_tokens": runtime.config.engine.max_new_tokens,
+            "concurrency": args.concurrency,
+            "progress": bar,
+        }
+        _, report = await run_queries(runs, **common, mode=args.mode, skip_missing=args.skip_missing)
+        if proactive:
+            results, part = await run_proactive(proactive, **common, skip_missing=True)
+            merge_report(report, part)
+            fired = sum(results[q.key][1] is not None for q in proactive if q.key in results)
+            print(
+                f"proactive (native): {part.answered} of {len(proactive)} played now, {part.skipped_done} kept; "
+                f"{fired} answered by the decision module"
+            )
+        return report
+
+    return parts
+
+
+def sb_run(setup: RunnerSetup) -> Callable[[argparse.Namespace], int]:
+    """The ``eval streamingbench run`` handler over a runtime loader."""
+
+    def run_sb(args: argparse.Namespace) -> int:
+        import json
+
+        from evaluation.runner import AnswerLog
+
+        questions = sb_questions(args)
+        proactive = limited([q for q in questions if q.is_proactive], args.limit) if questions else []
+        questions = limited([q for q in questions if not q.is_proactive], args.limit) if questions else []
+        if not questions and not proactive:
+            raise ValueError(f"no question of the chosen tasks ({args.tasks}) in {', '.join(args.anno)}")
+        res = layouts.resolve_streamingbench([*questions, *proactive], args.videos, args.layout)
+        check_videos(res, args, layouts.STREAMINGBENCH_LAYOUTS)
+        outputs = [f"vigil_streamingbench_{args.mode}.jsonl", f"report_{args.mode}.json"]
+        _, made = prepare(args, benchmark="streamingbench", layout=res.layout, outputs=outputs, extra={})
+        runs, proactive_runs = _sb_runs(questions, res), _sb_proactive_runs(proactive, res)
+        keys = [r.key for r in runs] + [r.key for r in proactive_runs]
+        report = answer_all(args, setup, keys, "streamingbench", _sb_parts(args, runs, proactive_runs))
+        finish_report(report, [str(res.missing[q.key]) for q in questions if q.key in res.missing])
+        if answered_nothing(report):
+            return ANSWERED_NOTHING
+        log_ = AnswerLog(Path(args.out) / manifest.ANSWERS)
+        records = [
+            streamingbench.result_record(q, log_.answers[q.key], log_.extras[q.key].get("time"))
+            if q.is_proactive
+            else streamingbench.result_record(q, log_.answers[q.key])
+            for q in [*questions, *proactive]
+            if q.key in log_.answers
+        ]
+        path = streamingbench.write_results(Path(args.out) / outputs[0], records)
+        score = streamingbench.score_results(streamingbench.load_results(path))
+        overall = ", ".join(f"{kind} {100 * a.accuracy:.2f}" for kind, a in score.kinds.items())
+        print(f"wrote {path}; accuracy: {overall or 'none'}")
+        doc = {**report.as_dict(), "layout": res.layout, "scores": score.as_dict(), "manifest": made}
+        (Path(args.out) / outputs[1]).write_text(json.dumps(doc, indent=2) + "\n")
+        return 0
+
+    return run_sb

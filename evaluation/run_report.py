@@ -46,7 +46,8 @@ class RunReport:
 
 
 class Progress:
-    """Counts of the work done now: ``start`` with what is to do, ``advance`` per answer, ``discount`` on failure.
+    """Counts of the work done now: ``start`` adds what a part of the run has to do, ``advance`` counts answers,
+    ``discount`` what a failure leaves undone.
 
     The base class counts; front ends subclass it to draw a bar.
     """
@@ -56,7 +57,8 @@ class Progress:
         self.done = 0
 
     def start(self, total: int) -> None:
-        self.total = total
+        """A part of the run has ``total`` more queries to answer."""
+        self.total += total
 
     def advance(self, n: int = 1) -> None:
         self.done += n

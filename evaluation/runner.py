@@ -15,14 +15,14 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from assistant.config import VigilConfig
 from assistant.orchestrator import LiveSession, Orchestrator
-from assistant.reaction import EngineFactory
+from assistant.reaction import EngineFactory, ReactionEngine
 from assistant.sources import SourceError, VideoFileSource
 from evaluation.run_report import Progress, RunReport
 from evaluation.stretches import SourceCursor, Stretch
@@ -31,15 +31,13 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "AnswerLog",
-    "ForwardPoll",
-    "ProactiveQuery",
     "Progress",
     "RunQuery",
     "RunReport",
+    "orchestrator_for",
     "run",
-    "run_forward_native",
-    "run_proactive",
     "run_queries",
+    "run_units",
 ]
 
 Mode = Literal["replay", "live"]
@@ -67,11 +65,15 @@ class RunQuery:
 
 
 class AnswerLog:
-    """Answers by query key, appended to a JSON-lines file as they arrive (the resume point)."""
+    """Answers by query key, appended to a JSON-lines file as they arrive (the resume point).
+
+    A record may carry more than the response (``extras``: a proactive answer's stream time).
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.answers: dict[str, str] = {}
+        self.answers: dict[str, Any] = {}
+        self.extras: dict[str, dict[str, Any]] = {}
         if not path.exists():
             return
         text = path.read_text(encoding="utf-8")
@@ -83,17 +85,66 @@ class AnswerLog:
         for n, line in enumerate(lines, start=1):
             try:
                 record = json.loads(line)
-                self.answers[str(record["key"])] = record["response"]
+                key = str(record["key"])
+                self.answers[key] = record["response"]
+                self.extras[key] = {k: v for k, v in record.items() if k not in ("key", "response")}
             except (json.JSONDecodeError, KeyError, TypeError):
                 log.warning("%s:%d: unreadable line ignored", path, n)
 
-    def add(self, key: str, response: str) -> None:
+    def add(self, key: str, response: str | None, **extras: Any) -> None:
+        """Record an answer (and its extras) and append it to the file."""
         self.answers[key] = response
+        self.extras[key] = extras
         with self.path.open("a", encoding="utf-8") as fh:
-            fh.write(json.dumps({"key": key, "response": response}, ensure_ascii=False) + "\n")
+            fh.write(json.dumps({"key": key, "response": response, **extras}, ensure_ascii=False) + "\n")
 
 
-def _with_frame_queue(config: VigilConfig, frames: int = 64) -> VigilConfig:
+def answered_keys(out_dir: str | Path) -> set[str]:
+    """Keys already answered in ``out_dir/answers.jsonl`` (empty when there is none)."""
+    return set(AnswerLog(Path(out_dir) / "answers.jsonl").answers)
+
+
+def raise_engine_error(live: LiveSession) -> None:
+    """Raise the first engine failure a session reported (a monitor's probe fails without stopping the stream)."""
+    from assistant.reaction import EngineError
+
+    failed = next((e for e in live.events.since(0) if e.type == "error" and e.code == "engine_error"), None)
+    if failed is not None:
+        raise EngineError(failed.message)
+
+
+def missing_videos(videos: Iterable[Path], skip_missing: bool) -> list[str]:
+    """The videos that are not files; FileNotFoundError unless ``skip_missing``."""
+    missing = sorted({str(v) for v in videos if not v.is_file()})
+    if missing and not skip_missing:
+        raise FileNotFoundError(f"{len(missing)} video(s) missing, e.g. {missing[0]} (use --skip-missing to go on)")
+    return missing
+
+
+@contextlib.asynccontextmanager
+async def orchestrator_for(
+    adapter: Any, config: VigilConfig, make_engine: EngineFactory | None, engine: ReactionEngine | None
+) -> AsyncIterator[Orchestrator]:
+    """An orchestrator over ``engine`` (left running: its owner shuts it down), or over a new engine it owns."""
+    if engine is None:
+        if make_engine is None:
+            raise ValueError("either make_engine or engine is needed")
+        engine = make_engine(config.engine)
+        owned = True
+    else:
+        owned = False
+    orchestrator = Orchestrator(engine, adapter, with_frame_queue(config))
+    try:
+        yield orchestrator
+    finally:
+        if owned:
+            await orchestrator.shutdown()
+        else:
+            for sid in list(orchestrator.sessions):
+                await orchestrator.close_session(sid, "shutdown")
+
+
+def with_frame_queue(config: VigilConfig, frames: int = 64) -> VigilConfig:
     """``config`` with a deeper frame queue: benchmark videos are played losslessly, faster than real time."""
     return config.model_copy(update={"session": config.session.model_copy(update={"frame_queue": frames})})
 
@@ -130,13 +181,13 @@ async def _play(
                 stretch = cursor.rest()  # the pass's own clip, played whole
             else:
                 stretch = cursor.upto(q.clip_end, inclusive=False)
-            stream_t = await _feed(live, stretch, stream_t)
+            stream_t = await feed(live, stretch, stream_t)
             on_answer(q, await _ask(live, q, max_new_tokens))
-        stream_t = await _feed(live, cursor.rest(), stream_t)
+        stream_t = await feed(live, cursor.rest(), stream_t)
     return stream_t
 
 
-async def _feed(live: LiveSession, stretch: Stretch, stream_t: float) -> float:
+async def feed(live: LiveSession, stretch: Stretch, stream_t: float) -> float:
     """Play a stretch losslessly; the stream time of its last frame (``stream_t`` when it had none)."""
     async for t in live.play(stretch, lossless=True):
         stream_t = t
@@ -158,17 +209,19 @@ async def run_queries(
     *,
     adapter: Any,
     config: VigilConfig,
-    make_engine: EngineFactory,
+    make_engine: EngineFactory | None = None,
     mode: Mode,
     out_dir: str | Path,
     skip_missing: bool = False,
     max_new_tokens: int = 32,
     concurrency: int = 1,
     progress: Progress | None = None,
-) -> tuple[dict[str, str], RunReport]:
+    engine: ReactionEngine | None = None,
+) -> tuple[dict[str, Any], RunReport]:
     """Answer every query (resuming from ``out_dir/answers.jsonl``); returns answers by key and a report.
 
-    ``concurrency`` passes (videos in live mode, questions in replay) run at once as sessions of one engine.
+    ``concurrency`` passes (videos in live mode, questions in replay) run at once as sessions of one engine:
+    ``engine`` (left running), or one built with ``make_engine`` when there is something to answer.
     """
     if concurrency < 1:
         raise ValueError(f"concurrency must be at least 1, got {concurrency}")
@@ -177,43 +230,38 @@ async def run_queries(
     log_ = AnswerLog(out / "answers.jsonl")
     queries = list(queries)
     report = RunReport(mode, queries=len(queries), concurrency=concurrency)
-    missing = sorted({str(q.video) for q in queries if not q.video.is_file()})
-    if missing and not skip_missing:
-        raise FileNotFoundError(f"{len(missing)} video(s) missing, e.g. {missing[0]} (use --skip-missing to go on)")
-    report.missing_videos = missing
+    report.missing_videos = missing = missing_videos((q.video for q in queries), skip_missing)
     todo = [q for q in queries if q.key not in log_.answers and str(q.video) not in missing]
     report.skipped_done = sum(q.key in log_.answers for q in queries)
     progress = progress or Progress()
     progress.start(len(todo))
-    units = _work_units(todo, mode)
-    orchestrator = Orchestrator(make_engine(config.engine), adapter, _with_frame_queue(config))
 
     def record(q: RunQuery, response: str) -> None:
         log_.add(q.key, response)
         report.answered += 1
         progress.advance(1)
 
-    async def play(unit: list[RunQuery]) -> None:
-        live = await orchestrator.create_session()
-        try:
-            played = await _play(live, unit, config.perception.fps, record, max_new_tokens)
-            report.stream_seconds += played  # added after the await: other passes add theirs meanwhile
-            report.prefill_tokens += orchestrator.engine.session_stats(live.session_id).prefilled_tokens
-        except SourceError as exc:
-            log.warning("video %s failed: %s", unit[0].video, exc)
-            report.failed_videos.append(str(unit[0].video))
-            progress.discount(sum(q.key not in log_.answers for q in unit))
-        finally:
-            await orchestrator.close_session(live.session_id)
-
     started = time.perf_counter()
-    try:
-        await _run_units(units, play, concurrency)
-    finally:
-        await orchestrator.shutdown()
+    if todo:
+        async with orchestrator_for(adapter, config, make_engine, engine) as orchestrator:
+            started = time.perf_counter()  # an engine built here is not the run's cost
+
+            async def play(unit: list[RunQuery]) -> None:
+                live = await orchestrator.create_session()
+                try:
+                    played = await _play(live, unit, config.perception.fps, record, max_new_tokens)
+                    report.stream_seconds += played  # added after the await: other passes add theirs meanwhile
+                    report.prefill_tokens += orchestrator.engine.session_stats(live.session_id).prefilled_tokens
+                except SourceError as exc:
+                    log.warning("video %s failed: %s", unit[0].video, exc)
+                    report.failed_videos.append(str(unit[0].video))
+                    progress.discount(sum(q.key not in log_.answers for q in unit))
+                finally:
+                    await orchestrator.close_session(live.session_id)
+
+            await run_units(_work_units(todo, mode), play, concurrency)
     report.seconds = time.perf_counter() - started
-    answered_now = {q.key for q in todo if q.key in log_.answers}
-    report.video_seconds = _video_seconds(q for q in todo if q.key in answered_now)
+    report.video_seconds = _video_seconds(q for q in todo if q.key in log_.answers)
     return log_.answers, report
 
 
@@ -225,177 +273,23 @@ def _video_seconds(queries: Iterable[RunQuery]) -> float:
     return sum(ends.values())
 
 
-async def _run_units(units: Sequence[Any], play: Callable[[Any], Any], concurrency: int) -> None:
-    """Run ``play`` over ``units`` with at most ``concurrency`` at once, in order of start."""
+async def run_units(units: Sequence[Any], play: Callable[[Any], Any], concurrency: int) -> None:
+    """Run ``play`` over ``units`` with at most ``concurrency`` at once, in order of start (the first error of a
+    pass is raised, the others cancelled)."""
     pending = iter(units)
 
     async def worker() -> None:
         for unit in pending:  # one shared iterator: each unit is taken once
             await play(unit)
 
-    async with asyncio.TaskGroup() as group:
-        for _ in range(min(concurrency, len(units))):
-            group.create_task(worker())
+    try:
+        async with asyncio.TaskGroup() as group:
+            for _ in range(min(concurrency, len(units))):
+                group.create_task(worker())
+    except ExceptionGroup as failed:  # the first failure stops the run; the other passes were cancelled
+        raise failed.exceptions[0] from None
 
 
 def run(queries: Iterable[RunQuery], **kwargs: Any) -> tuple[dict[str, str], RunReport]:
     """Synchronous wrapper of ``run_queries``."""
     return asyncio.run(run_queries(queries, **kwargs))
-
-
-@dataclass(frozen=True, slots=True)
-class ProactiveQuery:
-    """A standing instruction given at ``ask_time``; the session must decide by itself when to answer."""
-
-    key: str
-    video: Path
-    ask_time: float
-    until: float
-    instruction: str
-    probe: str
-    answer_prompt: str
-
-
-async def _proactive_one(
-    orchestrator: Orchestrator, q: ProactiveQuery, fps: float, max_new_tokens: int
-) -> tuple[str | None, float | None, int]:
-    """Play ``q.video`` to ``q.until``; the first instruction trigger after ``ask_time`` and its answer."""
-    from assistant.decision import InstructionMonitor
-
-    live = await orchestrator.create_session()
-    try:
-        with SourceCursor(VideoFileSource(q.video, fps=fps, end=q.until + 0.5 / fps)) as cursor:
-            await _feed(live, cursor.upto(q.ask_time, inclusive=False), 0.0)
-            if cursor.next_t is not None:  # the video reaches ask_time: give the instruction there
-                await live.wait_idle()
-                live.add_instruction(
-                    InstructionMonitor(q.instruction, interval_s=1.0, probe=q.probe, answer_prompt=q.answer_prompt)
-                )
-                async with contextlib.aclosing(live.play(cursor.rest(), lossless=True)) as stamps:
-                    async for _ in stamps:
-                        if any(e.type == "answer_done" and e.kind == "instruction" for e in live.events.since(0)):
-                            break
-        await live.wait_idle()
-        events = live.events.since(0)
-        fired = next((e for e in events if e.type == "trigger" and e.kind == "instruction"), None)
-        answer = next((e for e in events if e.type == "answer_done" and e.kind == "instruction"), None)
-        prefill = orchestrator.engine.session_stats(live.session_id).prefilled_tokens
-        return (answer.text if answer else None), (fired.t if fired else None), prefill
-    finally:
-        await orchestrator.close_session(live.session_id)
-
-
-async def run_proactive(
-    queries: Iterable[ProactiveQuery],
-    *,
-    adapter: Any,
-    config: VigilConfig,
-    make_engine: EngineFactory,
-    skip_missing: bool = False,
-    max_new_tokens: int = 32,
-) -> tuple[dict[str, tuple[str | None, float | None]], RunReport]:
-    """Native proactive mode: one session per instruction, answers when its decision module fires."""
-    queries = list(queries)
-    report = RunReport("native", queries=len(queries))
-    missing = sorted({str(q.video) for q in queries if not q.video.is_file()})
-    if missing and not skip_missing:
-        raise FileNotFoundError(f"{len(missing)} video(s) missing, e.g. {missing[0]} (use --skip-missing to go on)")
-    report.missing_videos = missing
-    config = _with_frame_queue(config)
-    orchestrator = Orchestrator(make_engine(config.engine), adapter, config)
-    results: dict[str, tuple[str | None, float | None]] = {}
-    started = time.perf_counter()
-    try:
-        for q in queries:
-            if str(q.video) in missing:
-                continue
-            response, t, prefill = await _proactive_one(orchestrator, q, config.perception.fps, max_new_tokens)
-            results[q.key] = (response, t)
-            report.answered += 1
-            report.prefill_tokens += prefill
-            report.video_seconds += q.until
-    finally:
-        await orchestrator.shutdown()
-    report.seconds = time.perf_counter() - started
-    return results, report
-
-
-@dataclass(frozen=True, slots=True)
-class ForwardPoll:
-    """One scored poll of a forward task, answered from the decision module's own record."""
-
-    key: str
-    ask_time: float
-    probe: str
-    """The yes/no probe a standing monitor watches with."""
-    read: Literal["count", "active", "fired"]
-    """count: rising edges so far; active: holding now (Yes/No); fired: fired at least once so far (Yes/No)."""
-
-
-async def _forward_item(
-    orchestrator: Orchestrator, video: Path, polls: Sequence[ForwardPoll], fps: float, clip: bool
-) -> tuple[dict[str, str], int]:
-    from assistant.decision import InstructionMonitor
-
-    live = await orchestrator.create_session()
-    try:
-        monitors = {p.probe: InstructionMonitor(p.probe, interval_s=1.0, probe=p.probe, respond=False) for p in polls}
-        for monitor in monitors.values():
-            live.add_instruction(monitor)
-        end = None if clip else max(p.ask_time for p in polls) + 0.5 / fps  # a clip ends at its last poll
-        with SourceCursor(VideoFileSource(video, fps=fps, end=end)) as cursor:
-            await _feed(live, cursor.rest(), 0.0)
-        await live.wait_idle()
-        answers = {}
-        for p in polls:
-            m = monitors[p.probe]
-            if p.read == "count":
-                answers[p.key] = str(m.fired_until(p.ask_time))
-            elif p.read == "active":
-                answers[p.key] = "Yes" if m.active_at(p.ask_time) else "No"
-            else:
-                answers[p.key] = "Yes" if m.fired_until(p.ask_time) else "No"
-        return answers, orchestrator.engine.session_stats(live.session_id).prefilled_tokens
-    finally:
-        await orchestrator.close_session(live.session_id)
-
-
-async def run_forward_native(
-    items: Sequence[tuple[Path, Sequence[ForwardPoll], bool]],
-    *,
-    adapter: Any,
-    config: VigilConfig,
-    make_engine: EngineFactory,
-    out_dir: str | Path,
-    skip_missing: bool = False,
-) -> tuple[dict[str, str], RunReport]:
-    """Forward tasks in native mode: one session per item whose monitors fire by themselves; polls read them.
-
-    An item is (file, polls, clip): with ``clip`` the file is a clip ending at the last poll, played whole.
-    """
-    log_ = AnswerLog(Path(out_dir) / "answers.jsonl")
-    report = RunReport("native", queries=sum(len(polls) for _, polls, _ in items))
-    missing = sorted({str(v) for v, _, _ in items if not v.is_file()})
-    if missing and not skip_missing:
-        raise FileNotFoundError(f"{len(missing)} video(s) missing, e.g. {missing[0]} (use --skip-missing to go on)")
-    report.missing_videos = missing
-    config = _with_frame_queue(config)
-    orchestrator = Orchestrator(make_engine(config.engine), adapter, config)
-    started = time.perf_counter()
-    try:
-        for video, polls, clip in items:
-            if str(video) in missing:
-                continue
-            if all(p.key in log_.answers for p in polls):
-                report.skipped_done += len(polls)
-                continue
-            answers, prefill = await _forward_item(orchestrator, video, polls, config.perception.fps, clip)
-            for key, response in answers.items():
-                log_.add(key, response)
-            report.answered += len(answers)
-            report.prefill_tokens += prefill
-            report.video_seconds += max(p.ask_time for p in polls)
-    finally:
-        await orchestrator.shutdown()
-    report.seconds = time.perf_counter() - started
-    return log_.answers, report

@@ -105,6 +105,9 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--gpu-memory-utilization", type=float, default=None, help="vllm: share of GPU memory")
     g.add_argument("--max-model-len", type=int, default=None, help="vllm: context length")
     g.add_argument(
+        "--enforce-eager", action="store_true", default=None, help="vllm: no CUDA graphs or compilation (faster start)"
+    )
+    g.add_argument(
         "--visual-input",
         choices=["kept", "embeds", "frames"],
         default=None,
@@ -185,6 +188,7 @@ def engine_section(args: argparse.Namespace) -> dict[str, Any]:
         "gpu_memory_utilization": args.gpu_memory_utilization,
         "max_model_len": args.max_model_len,
         "visual_input": args.visual_input,
+        "enforce_eager": args.enforce_eager,
     }
     remote = {"urls": args.remote_url, "served_model": args.remote_model, "api_key": args.remote_api_key}
     return {

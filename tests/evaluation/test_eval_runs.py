@@ -101,6 +101,31 @@ def test_resume_refuses_other_settings_and_keeps_the_answers(ovo_data, tmp_path,
     assert not (out / "report_live.json").exists() and not (out / "vigil_ovo_live.json").exists()
 
 
+def test_a_fully_resumed_run_loads_no_model(ovo_data, tmp_path, vigil_home, monkeypatch, capsys) -> None:
+    """Every query answered earlier: the results and report are written from the kept answers, no model loads."""
+    anno, videos = ovo_data
+    out = tmp_path / "out"
+    assert _run(anno, videos, out, "--mode", "replay", "--tasks", "EPM,FPD") == 0
+    official = (out / "vigil_ovo_replay.json").read_text()
+    (out / "vigil_ovo_replay.json").unlink()
+
+    def no_model(config):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr("serving.runtime.load_model", no_model)
+    capsys.readouterr()
+    assert _run(anno, videos, out, "--mode", "replay", "--tasks", "EPM,FPD") == 0
+    assert "all 2 queries were answered in an earlier run" in capsys.readouterr().err
+    assert (out / "vigil_ovo_replay.json").read_text() == official
+    report = _report(out, "replay")
+    assert (report["answered"], report["skipped_done"], report["queries"]) == (0, 2, 2)
+    assert report["manifest"]["run"]["resumed"] is True
+    # one query without an answer (REC's polls) needs the model again
+    with pytest.raises(AssertionError, match="the model was loaded"):
+        _run(anno, videos, out, "--mode", "replay")
+    assert set(_answers(out)) == {"8", "1117"}  # nothing was answered by the refused run
+
+
 def test_a_run_that_can_answer_nothing_fails(ovo_data, tmp_path, vigil_home, capsys) -> None:
     anno, _ = ovo_data
     broken = tmp_path / "data" / "chunked_videos"
@@ -122,6 +147,23 @@ def test_engine_options_are_checked_before_the_model_loads(ovo_data, tmp_path, v
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "remote engine needs at least one URL" in err[0]
     assert not (tmp_path / "out" / "answers.jsonl").exists()
+
+
+def test_an_engine_that_fails_stops_the_run_in_one_line(ovo_data, tmp_path, vigil_home, capsys) -> None:
+    """No replica listens at the URL: exit 2, one line naming the engine, the replica and where answers are kept."""
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    anno, videos = ovo_data
+    out = tmp_path / "out"
+    engine = ["--engine", "remote", "--remote-url", f"http://127.0.0.1:{port}/v1", "--concurrency", "2"]
+    assert _run(anno, videos, out, "--tasks", "EPM,FPD", *engine) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("vigil eval: error: the remote engine failed:") and f"127.0.0.1:{port}" in err[-1]
+    assert "rerun to resume" in err[-1] and not any("Traceback" in line for line in err)
+    assert (out / "manifest.json").is_file() and not (out / "report_live.json").exists()
 
 
 def test_progress_counts_only_the_work_of_this_run(ovo_data, tmp_path, tiny_adapter) -> None:

@@ -61,6 +61,10 @@ def _run(anno: Path, videos: Path, out: Path, mode: str, *extra: str) -> dict:
     return json.loads((out / f"report_{mode}.json").read_text())
 
 
+def _answers(out: Path) -> dict[str, str]:
+    return {r["key"]: r["response"] for r in map(json.loads, (out / "answers.jsonl").read_text().splitlines())}
+
+
 def test_live_and_replay_write_official_files_and_live_prefills_less(ovo_setup, tmp_path, vigil_home) -> None:
     anno, videos = ovo_setup
     live = _run(anno, videos, tmp_path / "live", "live")
@@ -90,8 +94,11 @@ def test_runs_resume_after_interruption(ovo_setup, tmp_path, vigil_home) -> None
     )
     report = _run(anno, videos, out, "live")
     assert report["skipped_done"] == 2 and report["answered"] == 3
-    again = _run(anno, videos, out, "live")
-    assert again["answered"] == 0 and again["skipped_done"] == 5
+    official = (out / "vigil_ovo_live.json").read_text()
+    (out / "vigil_ovo_live.json").unlink()
+    again = _run(anno, videos, out, "live")  # nothing left: the results are written from the kept answers
+    assert again["answered"] == 0 and again["skipped_done"] == 5 and again["queries"] == 5
+    assert (out / "vigil_ovo_live.json").read_text() == official
 
 
 def test_missing_videos_are_reported_or_skipped(ovo_setup, tmp_path, vigil_home) -> None:
@@ -157,11 +164,22 @@ def test_streamingbench_proactive_native_mode(tmp_path, vigil_home, shared_data)
     assert record["answer_time"] is None or record["answer_time"] >= 2.0  # causal: never before it was asked
     score = vigil("eval", "streamingbench", "score", str(tmp_path / "sb" / "vigil_streamingbench_live.jsonl"))
     assert score.returncode == 0, score.stderr
+    # the proactive answer and its time are kept: a rerun plays nothing and loads no model
+    again = _sb_run(anno, tmp_path, "--max-new-tokens", "4", "--fps", "2")
+    assert again.returncode == 0, again.stderr
+    assert "all 1 queries were answered in an earlier run" in again.stderr and "no model loaded" in again.stderr
+    assert [json.loads(x) for x in (tmp_path / "sb" / "vigil_streamingbench_live.jsonl").read_text().splitlines()] == [
+        record
+    ]
 
 
 def test_forward_tasks_in_native_mode(ovo_setup, tmp_path, vigil_home) -> None:
     anno, videos = ovo_setup
     report = _run(anno, videos, tmp_path / "native", "live", "--forward", "native")
+    # the two forward items of video b played at once read the same polls as one after the other
+    together = _run(anno, videos, tmp_path / "together", "live", "--forward", "native", "--concurrency", "2")
+    assert _answers(tmp_path / "together") == _answers(tmp_path / "native")
+    assert together["answered"] == 5 and together["concurrency"] == 2  # (prefill counts depend on idle syncs' timing)
     assert report["answered"] == 5  # the two multiple-choice items were asked; the three polls were read
     doc = json.loads((tmp_path / "native" / "vigil_ovo_live.json").read_text())
     polls = {item["task"]: [p["response"] for p in item["test_info"]] for item in doc["forward"]}
