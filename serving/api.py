@@ -11,7 +11,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from assistant.config import VigilConfig
+from assistant.config import LimitsConfig, VigilConfig
 from assistant.orchestrator import Orchestrator
 from serving.auth import KeyRing
 from serving.directory import SessionDirectory, make_directory
@@ -41,9 +41,8 @@ def create_app(
 
     ``mount`` adds a front end (the browser app, wired by ``serving.runtime``) to the app.
     """
-    service = VigilService(
-        config, orchestrator, directory or make_directory(config.server.redis_url), worker_id=config.server.worker_id
-    )
+    directory = directory or make_directory(config.server.redis_url, config.server.redis_timeout_s)
+    service = VigilService(config, orchestrator, directory, worker_id=config.server.worker_id)
     keys = KeyRing(config.server.api_keys)
 
     @contextlib.asynccontextmanager
@@ -78,10 +77,34 @@ def create_app(
     return app
 
 
+KEEP_ALIVE_S = 5.0
+"""Idle time after which a kept-alive connection is closed."""
+
+
+def uvicorn_config(app: FastAPI, limits: LimitsConfig, **kwargs: Any) -> Any:
+    """uvicorn's settings for the API: h11 with a bounded request head, a connection limit (503 beyond), idle
+    connections closed, and requests whose head does not arrive within ``limits.header_timeout_s`` dropped."""
+    import uvicorn
+
+    from serving.slow_requests import guarded_h11
+
+    return uvicorn.Config(
+        app,
+        http=guarded_h11(limits.header_timeout_s),
+        h11_max_incomplete_event_size=limits.max_header_bytes,
+        limit_concurrency=limits.max_connections,
+        timeout_keep_alive=KEEP_ALIVE_S,
+        ws_max_size=limits.max_frame_bytes,
+        **{"log_level": "warning", "timeout_graceful_shutdown": 3, **kwargs},
+    )
+
+
 class BackgroundServer:
     """A uvicorn server for ``app`` on its own thread and event loop (benchmarks, tests, notebooks)."""
 
-    def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self, app: FastAPI, host: str = "127.0.0.1", port: int = 0, limits: LimitsConfig | None = None
+    ) -> None:
         import threading
 
         import uvicorn
@@ -90,7 +113,9 @@ class BackgroundServer:
         self._sock = socket.socket()
         self._sock.bind((host, port))
         self.url = f"http://{host}:{self._sock.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=3))
+        service = getattr(app.state, "service", None)
+        limits = limits or (service.limits if service is not None else LimitsConfig())
+        self.server = uvicorn.Server(uvicorn_config(app, limits))
         self.loop: asyncio.AbstractEventLoop | None = None
         self.thread = threading.Thread(target=self._run, daemon=True, name=f"uvicorn-{self.url}")
 

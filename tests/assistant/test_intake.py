@@ -73,12 +73,12 @@ def test_a_batch_is_queued_all_or_none() -> None:
 @pytest.mark.parametrize("t", [float("nan"), math.inf, -math.inf, -0.5, True, "1.0"])
 def test_unusable_times_are_refused(t: object) -> None:
     intake = make_intake()
-    with pytest.raises(FrameTimeError, match="frame time must be a finite number >= 0"):
+    with pytest.raises(FrameTimeError, match="frame time must be a finite number"):
         intake.put([(solid(1), t)])  # type: ignore[list-item]
     assert not intake.offer(solid(1), t)  # type: ignore[arg-type]
     events = dropped_events(intake)  # the refused batch of one, then the refused stream frame
     assert len(events) == 2
-    assert all(e.reason == "invalid" and "finite number >= 0" in e.detail and e.t == 0.0 for e in events)
+    assert all(e.reason == "invalid" and "finite number in [0, " in e.detail and e.t == 0.0 for e in events)
     assert intake.dropped["invalid"] == 2 and len(intake) == 0
 
 
