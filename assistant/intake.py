@@ -75,6 +75,8 @@ class FrameBytes:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.held = 0
+        self.peak = 0
+        """The most bytes held at once."""
 
     def fits(self, more: int) -> bool:
         """Whether ``more`` bytes would still be within the limit."""
@@ -238,6 +240,7 @@ class FrameIntake:
         self.queued_bytes += n
         if self.worker_bytes is not None:
             self.worker_bytes.held += n
+            self.worker_bytes.peak = max(self.worker_bytes.peak, self.worker_bytes.held)
 
     def _release(self, n: int) -> None:
         self._hold(-n)
