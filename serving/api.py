@@ -15,6 +15,7 @@ from assistant.config import LimitsConfig, VigilConfig
 from assistant.orchestrator import Orchestrator
 from serving.auth import KeyRing
 from serving.directory import SessionDirectory, make_directory
+from serving.forward import ForwardMiddleware
 from serving.limits import BodyLimitMiddleware
 from serving.routes import events, frames, health, openai, questions, sessions, stream, video
 from serving.routes.errors import add_error_handlers
@@ -51,6 +52,7 @@ def create_app(
         try:
             yield
         finally:
+            await forwarder.close()
             await service.stop()
 
     app = FastAPI(
@@ -69,12 +71,29 @@ def create_app(
         default=limits.max_body_bytes,
         routes=[(SESSION_PATH + "/video", limits.max_upload_bytes)],
     )
+    app.add_middleware(ForwardMiddleware, service=service)  # outermost: the owner worker applies its own limits
+    forwarder = _Forwarder(app)
     add_error_handlers(app)
     for module in ROUTERS:
         app.include_router(module.router)
     if mount is not None:
         mount(app, service, config, keys)
     return app
+
+
+class _Forwarder:
+    """The app's ForwardMiddleware once Starlette has built its middleware stack (to close its client)."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self.app = app
+
+    async def close(self) -> None:
+        layer = self.app.middleware_stack
+        while layer is not None:
+            if isinstance(layer, ForwardMiddleware):
+                await layer.close()
+                return
+            layer = getattr(layer, "app", None)
 
 
 KEEP_ALIVE_S = 5.0

@@ -26,6 +26,8 @@ class SessionRecord:
     created: float = field(default_factory=time.time)
     status: SessionStatus = "live"
     options: dict[str, Any] = field(default_factory=dict)
+    end_reason: str | None = None
+    """Why a lost session ended (``worker_lost``, ``worker_restarted``): its event stream ends with it."""
 
     def to_json(self) -> str:
         """The record as JSON (as stored in Redis)."""
@@ -71,8 +73,8 @@ class SessionDirectory(Protocol):
         """How many of an owner's sessions are live."""
         ...
 
-    async def set_status(self, session_id: str, status: SessionStatus) -> None:
-        """Mark a session live, closed or lost (ended ones expire after a while in Redis)."""
+    async def set_status(self, session_id: str, status: SessionStatus, reason: str | None = None) -> None:
+        """Mark a session live, closed or lost, with why it ended (ended ones expire after a while in Redis)."""
         ...
 
     async def remove(self, session_id: str) -> None:
@@ -145,9 +147,10 @@ class LocalDirectory:
     async def count_live(self, owner: str) -> int:
         return sum(1 for r in self._records.values() if r.owner == owner and r.status == "live")
 
-    async def set_status(self, session_id: str, status: SessionStatus) -> None:
+    async def set_status(self, session_id: str, status: SessionStatus, reason: str | None = None) -> None:
         if session_id in self._records:
             self._records[session_id].status = status
+            self._records[session_id].end_reason = reason
 
     async def remove(self, session_id: str) -> None:
         self._records.pop(session_id, None)
@@ -280,11 +283,11 @@ class RedisDirectory:
     async def count_live(self, owner: str) -> int:
         return sum(1 for r in await self.list(owner) if r.status == "live")
 
-    async def set_status(self, session_id: str, status: SessionStatus) -> None:
+    async def set_status(self, session_id: str, status: SessionStatus, reason: str | None = None) -> None:
         record = await self.get(session_id)
         if record is None:
             return
-        record.status = status
+        record.status, record.end_reason = status, reason
         pipe = self._redis.pipeline(transaction=True)
         if status == "live":
             pipe.set(f"vigil:session:{session_id}", record.to_json())

@@ -86,14 +86,34 @@ class SessionRegistry:
                 await self.close(sid, "shutdown", keep=True)
 
     async def end_lost(self, record: SessionRecord, reason: str) -> None:
-        """End a session whose worker is gone: a ``session_closed`` event after its last mirrored one, status lost."""
-        last = await self.directory.last_event(record.id)
-        if last is None or last.get("type") != "session_closed":
-            seq, t = (last["seq"] + 1, last["t"]) if last else (1, 0.0)
-            closed = {"type": "session_closed", "seq": seq, "session_id": record.id, "t": t, "reason": reason}
-            await self.directory.append_events(record.id, [closed])
-        await self.directory.set_status(record.id, "lost")
-        record.status = "lost"
+        """End a session whose worker is gone (status ``lost``); its event stream then ends with a
+        ``session_closed`` event giving ``reason``. Nothing is written to the stream itself: a worker that was only
+        unreachable puts its record back and goes on with its own sequence numbers."""
+        await self.directory.set_status(record.id, "lost", reason)
+        record.status, record.end_reason = "lost", reason
+
+    async def forward_target(self, session_id: str) -> tuple[SessionRecord, str] | None:
+        """The record and URL of the worker a request for ``session_id`` goes to, when that is another worker
+        (None: answer here, also when the directory cannot tell)."""
+        try:
+            record = await self.directory.get(session_id)
+            if record is None or record.status != "live" or record.worker == self.worker_id:
+                return None
+            url = await self.directory.worker_url(record.worker)
+        except DirectoryError:
+            return None
+        return (record, url) if url else None
+
+    async def unreachable(self, record: SessionRecord) -> bool:
+        """The worker of ``record`` did not accept a connection: True (and the session lost) when its heartbeat
+        has expired too; False while it may only be slow."""
+        try:
+            if await self.directory.worker_alive(record.worker):
+                return False
+            await self.end_lost(record, "worker_lost")
+        except DirectoryError:
+            return False
+        return True
 
     async def _beat(self) -> None:
         """Say this worker is alive, and put back what the directory lost of its live sessions."""
