@@ -85,6 +85,7 @@ def test_redis_restarted_empty_gets_the_live_sessions_back(two_workers: Any, red
         redis_proc.kill()
         redis_proc.start()  # same port, nothing in it
         assert not redis_proc.client().keys("vigil:session:*")
+
         def live() -> bool:
             r = cb.get("/v1/sessions")  # a call may meet a connection Redis dropped: 503, then it reconnects
             return r.status_code == 200 and sum(s["status"] == "live" for s in r.json()["data"]) == 3
