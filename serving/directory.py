@@ -255,7 +255,8 @@ class RedisDirectory:
         pipe = self._redis.pipeline(transaction=False)
         fixed = []
         for record, raw in zip(records, raws, strict=True):
-            if raw is not None and SessionRecord.from_json(raw).status == record.status:
+            stored = SessionRecord.from_json(raw).status if raw is not None else None
+            if stored in (record.status, "closed"):  # as it should be, or closed by this worker just now (final)
                 continue
             pipe.set(f"vigil:session:{record.id}", record.to_json())
             pipe.sadd(f"vigil:owner:{record.owner}", record.id)
