@@ -5,12 +5,24 @@ from __future__ import annotations
 import dataclasses
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from memory.token_drop import DropPolicy
 
 # Bounds shared by the config tree and the per-session options (declared once).
-Fps = Annotated[float, Field(ge=0.01, le=60, description="Frames sampled per second of stream time.")]
+MIN_FPS = 0.01
+"""Slowest sampling rate (one frame in 100 s): slower would stretch the stream clock past any use."""
+
+
+def _min_fps(fps: float) -> float:
+    if fps < MIN_FPS:
+        raise ValueError(f"fps must be at least {MIN_FPS:g} frames per second")
+    return fps
+
+
+Fps = Annotated[
+    float, Field(gt=0, le=60, description="Frames sampled per second of stream time."), AfterValidator(_min_fps)
+]
 FramesPerStep = Annotated[
     int,
     Field(
