@@ -5,12 +5,24 @@ from __future__ import annotations
 import dataclasses
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from memory.token_drop import DropPolicy
 
 # Bounds shared by the config tree and the per-session options (declared once).
-Fps = Annotated[float, Field(gt=0, le=60, description="Frames sampled per second of stream time.")]
+MIN_FPS = 0.01
+"""Slowest sampling rate (one frame in 100 s): slower would stretch the stream clock past any use."""
+
+
+def _min_fps(fps: float) -> float:
+    if fps < MIN_FPS:
+        raise ValueError(f"fps must be at least {MIN_FPS:g} frames per second")
+    return fps
+
+
+Fps = Annotated[
+    float, Field(gt=0, le=60, description="Frames sampled per second of stream time."), AfterValidator(_min_fps)
+]
 FramesPerStep = Annotated[
     int,
     Field(
@@ -196,7 +208,23 @@ class LimitsConfig(_Config):
     max_sessions_per_key: int = Field(16, ge=1, le=100_000, description="Open sessions per API key.")
     max_sessions: int = Field(256, ge=1, le=1_000_000, description="Open sessions per worker.")
     max_upload_bytes: int = Field(2 * 2**30, ge=1024, le=2**40, description="Largest uploaded video.")
-    max_question_chars: int = Field(8000, ge=1, le=1_000_000, description="Longest question.")
+    max_question_chars: int = Field(
+        2000, ge=1, le=1_000_000, description="Longest question (it must also fit the engine's question allowance)."
+    )
+    max_queued_questions: int = Field(8, ge=1, le=10_000, description="Questions queued or running per session.")
+    max_session_frame_bytes: int = Field(
+        256 * 2**20, ge=2**16, le=2**40, description="Decoded bytes of the frames one session may have queued."
+    )
+    max_worker_frame_bytes: int = Field(
+        2 * 2**30, ge=2**16, le=2**42, description="Decoded bytes of the frames all sessions of a worker may queue."
+    )
+    max_header_bytes: int = Field(
+        64 * 1024, ge=1024, le=2**24, description="Largest request head (request line and headers)."
+    )
+    max_connections: int = Field(1000, ge=1, le=1_000_000, description="Open connections and WebSockets per worker.")
+    header_timeout_s: float = Field(
+        10.0, gt=0, le=600, description="Time a client has to send a request's head (slow requests are closed)."
+    )
 
 
 class ServerConfig(_Config):
@@ -216,6 +244,12 @@ class ServerConfig(_Config):
         120.0, gt=0, le=86400, description="Close a browser tab's session when the tab is not seen for this long."
     )
     ui: bool = Field(False, description="Mount the Gradio app at /ui.")
+    redis_timeout_s: float = Field(
+        2.0, gt=0, le=60, description="Longest wait for one Redis call (then 503; /health never waits on Redis)."
+    )
+    heartbeat_s: float = Field(
+        2.0, gt=0, le=60, description="How often a worker says it is alive; it is presumed dead after 3 missed."
+    )
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
 
     @field_validator("api_keys")

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
+import itertools
 import math
 import time
 from collections import deque
@@ -18,13 +20,24 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+from PIL import Image
 
 from assistant.errors import SessionClosedError
 from assistant.event_log import EventLog
 from assistant.events import FrameDropped
-from assistant.sources import DEFAULT_MAX_PIXELS, Frame, FrameTimeError, InvalidFrameError, as_rgb, decode_image
+from assistant.sources import (
+    DEFAULT_MAX_PIXELS,
+    IMAGE_FORMATS,
+    Frame,
+    FrameTimeError,
+    InvalidFrameError,
+    as_rgb,
+    decode_image,
+)
 
 DropReason = Literal["backpressure", "invalid", "failed"]
+MAX_STREAM_T = 1e7
+"""Latest stream time a frame or question may carry, in seconds (about 115 days)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +61,28 @@ class QueuedFrame:
     arrived: float
 
 
+class QueueFullError(RuntimeError):
+    """Queued frames would exceed their byte bound: the session's (``scope`` session) or the worker's (worker)."""
+
+    def __init__(self, scope: Literal["session", "worker"], message: str) -> None:
+        super().__init__(message)
+        self.scope = scope
+
+
+class FrameBytes:
+    """Decoded bytes of the frames queued by every session of a worker, under one limit."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+        self.peak = 0
+        """The most bytes held at once."""
+
+    def fits(self, more: int) -> bool:
+        """Whether ``more`` bytes would still be within the limit."""
+        return self.held + more <= self.limit
+
+
 class FrameIntake:
     """Decodes, validates, stamps and queues one session's frames; counts every frame it drops."""
 
@@ -59,12 +94,23 @@ class FrameIntake:
         fps: float,
         capacity: int,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        decode_pixels: int | None = None,
     ) -> None:
+        """``decode_pixels``: the area perception resizes frames to at most; larger images are decoded (JPEG: in
+        the DCT domain) and kept at about that area, never at their full size."""
         self.session_id = session_id
         self.events = events
         self.fps = fps
         self.capacity = capacity
         self.max_pixels = max_pixels
+        self.decode_pixels = decode_pixels
+        self.max_bytes: int | None = None
+        """Bound of this session's queued frame bytes (None: only the frame count bounds the queue)."""
+        self.worker_bytes: FrameBytes | None = None
+        """The worker-wide bound the session's queued frames share with other sessions."""
+        self.queued_bytes = 0
+        self.received = 0
+        """Frames offered to the intake, whatever became of them."""
         self.dropped: dict[DropReason, int] = {"backpressure": 0, "invalid": 0, "failed": 0}
         self.last_t: float | None = None
         """Stream time of the newest queued frame (None before the first)."""
@@ -90,11 +136,16 @@ class FrameIntake:
         reported as a FrameDropped event saying why; the next frame is judged on its own.
         """
         self._check_open()
-        try:
-            rgb = self._decode(image, self.max_pixels)
+        self.received += 1
+        try:  # a decoded frame of a stream is already in memory: it is reduced, whatever its size
+            rgb = self._decode(image, self.max_pixels if isinstance(image, bytes | bytearray) else None)
             (stamp,) = self._stamps([t])
+            self._admit([rgb])
         except InvalidFrameError as exc:
             self._drop("invalid", self._event_time(t), str(exc))
+            return False
+        except QueueFullError as exc:
+            self._drop("backpressure", stamp, str(exc))
             return False
         self._enqueue([rgb], [stamp])
         return True
@@ -107,9 +158,11 @@ class FrameIntake:
         SessionClosedError when the session is closed.
         """
         self._check_open()
+        self.received += len(frames)
         with self._refusing(frames):
             images = self._decode_all([image for image, _ in frames], self.max_pixels)
             stamps = self._stamps([t for _, t in frames])
+            self._admit(images)
         return self._enqueue(images, stamps)
 
     async def put_encoded(self, frames: Sequence[tuple[bytes, float | None]], max_pixels: int) -> FramesPushed:
@@ -118,10 +171,12 @@ class FrameIntake:
         Raises as ``put`` does; decoding errors name the frame (``frame i: ...``) when there are several.
         """
         self._check_open()
+        self.received += len(frames)
         with self._refusing(frames):
             images = await asyncio.to_thread(self._decode_all, [data for data, _ in frames], max_pixels)
             self._check_open()
             stamps = self._stamps([t for _, t in frames])
+            self._admit(images)
         return self._enqueue(images, stamps)
 
     # -- out -----------------------------------------------------------------------------------------------
@@ -133,6 +188,7 @@ class FrameIntake:
             self._ready.clear()
             await self._ready.wait()
         queued = self._queue.popleft()
+        self._release(queued.frame.image.nbytes)
         self._room.set()
         return queued
 
@@ -149,30 +205,58 @@ class FrameIntake:
     def close(self) -> None:
         """Refuse further frames; wake whoever waits for a frame or for room."""
         self.closed = True
+        self._release(self.queued_bytes)  # what is still queued is never perceived: its bytes go back
         self._ready.set()
         self._room.set()
 
     # -- steps ---------------------------------------------------------------------------------------------
     @contextlib.contextmanager
     def _refusing(self, frames: Sequence[tuple[object, float | None]]) -> Iterator[None]:
-        """Count every frame of a refused batch as dropped (``invalid``, with the reason), then re-raise."""
+        """Count every frame of a refused batch as dropped (``invalid``, or ``backpressure`` when the queue's
+        bytes are full, with the reason), then re-raise."""
         try:
             yield
-        except InvalidFrameError as exc:
+        except (InvalidFrameError, QueueFullError) as exc:
+            reason: DropReason = "invalid" if isinstance(exc, InvalidFrameError) else "backpressure"
             for _, t in frames:
-                self._drop("invalid", self._event_time(t), str(exc))
+                self._drop(reason, self._event_time(t), str(exc))
             raise
+
+    def _admit(self, images: Sequence[np.ndarray]) -> None:
+        """QueueFullError when queueing ``images`` (after the oldest frames the count bound drops) would exceed
+        the session's or the worker's byte bound."""
+        new = sum(a.nbytes for a in images)
+        drop = min(len(self._queue), max(0, len(self._queue) + len(images) - self.capacity))
+        delta = new - sum(q.frame.image.nbytes for q in itertools.islice(self._queue, drop))
+        if self.max_bytes is not None and self.queued_bytes + delta > self.max_bytes:
+            raise QueueFullError(
+                "session",
+                f"the session's queued frames would exceed {self.max_bytes} bytes; send fewer or smaller frames",
+            )
+        if self.worker_bytes is not None and delta > 0 and not self.worker_bytes.fits(delta):
+            raise QueueFullError("worker", "this worker holds its maximum of queued frame bytes; retry shortly")
+
+    def _hold(self, n: int) -> None:
+        self.queued_bytes += n
+        if self.worker_bytes is not None:
+            self.worker_bytes.held += n
+            self.worker_bytes.peak = max(self.worker_bytes.peak, self.worker_bytes.held)
+
+    def _release(self, n: int) -> None:
+        self._hold(-n)
 
     def _check_open(self) -> None:
         if self.closed:
             raise SessionClosedError(f"session {self.session_id} is closed")
 
-    @staticmethod
-    def _decode(image: np.ndarray | bytes, max_pixels: int) -> np.ndarray:
-        """Encoded bytes or an array -> [H, W, 3] uint8 RGB that no producer can change underneath us."""
+    def _decode(self, image: np.ndarray | bytes, max_pixels: int | None) -> np.ndarray:
+        """Encoded bytes or an array -> [H, W, 3] uint8 RGB (at most about ``decode_pixels``) that no producer can
+        change underneath us; ``max_pixels`` bounds the declared size (None: any size)."""
         if isinstance(image, bytes | bytearray | memoryview):
-            return decode_image(bytes(image), max_pixels)
-        rgb = as_rgb(image, max_pixels)
+            return decode_reduced(bytes(image), max_pixels or 2**62, self.decode_pixels)
+        rgb = as_rgb(image, max_pixels or 2**62)
+        if self.decode_pixels is not None and rgb.shape[0] * rgb.shape[1] > self.decode_pixels:
+            return _reduce(Image.fromarray(rgb), self.decode_pixels)
         return rgb.copy() if np.may_share_memory(rgb, image) else rgb  # a producer may reuse its buffer
 
     def _decode_all(self, images: Sequence[np.ndarray | bytes], max_pixels: int) -> list[np.ndarray]:
@@ -206,7 +290,9 @@ class FrameIntake:
                 old = self._queue.popleft().frame
                 self._drop("backpressure", old.t, f"frame {old.index}")
                 dropped += 1
+                self._release(old.image.nbytes)
             self._queue.append(QueuedFrame(Frame(self._index, t, rgb, self._index), time.monotonic()))
+            self._hold(rgb.nbytes)
             self._index += 1
             self.last_t = t
         self._ready.set()
@@ -227,8 +313,50 @@ class FrameIntake:
 def _finite_time(t: float) -> float:
     """``t`` as seconds, or FrameTimeError when it is not a finite number >= 0."""
     if isinstance(t, bool) or not isinstance(t, int | float | np.integer | np.floating):
-        raise FrameTimeError(f"frame time must be a finite number >= 0, got {t!r}")
+        raise FrameTimeError(f"frame time must be a finite number in [0, {MAX_STREAM_T:g}] seconds, got {t!r}")
     stamp = float(t)
-    if not math.isfinite(stamp) or stamp < 0:
-        raise FrameTimeError(f"frame time must be a finite number >= 0, got {t}")
+    if not math.isfinite(stamp) or not 0 <= stamp <= MAX_STREAM_T:
+        raise FrameTimeError(f"frame time must be a finite number in [0, {MAX_STREAM_T:g}] seconds, got {t}")
     return stamp
+
+
+def decode_reduced(data: bytes, max_pixels: int, target_pixels: int | None) -> np.ndarray:
+    """Decode JPEG/PNG/WebP bytes to [H, W, 3] uint8 RGB of at most about ``target_pixels``.
+
+    The size the header declares is checked against ``max_pixels`` before any pixel is decoded (a decompression
+    bomb is refused unread). A JPEG larger than the target is decoded in the DCT domain at 1/2, 1/4 or 1/8 scale
+    (Pillow's ``draft``), so its full-size bitmap never exists; then every image is reduced to the target.
+    """
+    if target_pixels is None:
+        return decode_image(data, max_pixels)
+    if not data:
+        raise InvalidFrameError("empty image data; send JPEG, PNG or WebP bytes")
+    try:
+        with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as img:
+            if img.width * img.height > max_pixels:
+                raise InvalidFrameError(
+                    f"image of {img.width}x{img.height} exceeds the limit of {max_pixels} pixels; send a smaller "
+                    "image or raise max_pixels"
+                )
+            if img.width * img.height > target_pixels:
+                img.draft("RGB", _target_size(img.width, img.height, target_pixels))  # JPEG only; no-op otherwise
+            return _reduce(img, target_pixels)
+    except InvalidFrameError:
+        raise
+    except Exception as exc:  # Pillow raises many types for malformed data
+        raise InvalidFrameError(
+            f"not a decodable {'/'.join(IMAGE_FORMATS)} image ({type(exc).__name__}: {exc})"
+        ) from None
+
+
+def _target_size(width: int, height: int, target_pixels: int) -> tuple[int, int]:
+    scale = math.sqrt(target_pixels / (width * height))
+    return max(1, int(width * scale)), max(1, int(height * scale))
+
+
+def _reduce(img: Image.Image, target_pixels: int) -> np.ndarray:
+    """``img`` as [H, W, 3] uint8 RGB, reduced (box, then bilinear) to at most ``target_pixels`` when larger."""
+    rgb = img.convert("RGB")
+    if rgb.width * rgb.height > target_pixels:
+        rgb = rgb.resize(_target_size(rgb.width, rgb.height, target_pixels), Image.Resampling.BILINEAR, reducing_gap=2)
+    return np.array(rgb)  # [H, W, 3], writable

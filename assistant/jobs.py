@@ -41,6 +41,10 @@ class Job:
     """The standing instruction a probe is for."""
     options: dict[str, Any] = field(compare=False, default_factory=dict)
     """Engine request options (max_new_tokens, min_new_tokens, temperature)."""
+    text: str = field(compare=False, default="")
+    """The answer so far (what a cancelled answer had said)."""
+    generated: int = field(compare=False, default=0)
+    """Tokens generated so far."""
 
     def fail(self, error: BaseException) -> None:
         """Resolve ``done`` with ``error``: raised to whoever asked a question, a cancellation for the session's
@@ -103,6 +107,11 @@ class JobQueue:
         """Whether a job of ``kind`` (for ``monitor``, when given) is queued or running."""
         jobs = [*self._heap, *([self.running[0]] if self.running else [])]
         return any(j.kind == kind and (monitor is None or j.monitor is monitor) for j in jobs)
+
+    def count(self, kind: JobKind) -> int:
+        """Jobs of ``kind`` queued or running."""
+        running = self.running is not None and self.running[0].kind == kind
+        return sum(j.kind == kind for j in self._heap) + running
 
     def interrupt(self, *kinds: JobKind) -> None:
         """Cancel the running job if it is of one of ``kinds``."""

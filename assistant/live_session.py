@@ -40,7 +40,11 @@ class LiveSession:
         config = session.config
         self.events = EventLog(self.session_id, config.session.event_history)
         self.intake = FrameIntake(
-            self.session_id, self.events, fps=config.perception.fps, capacity=config.session.frame_queue
+            self.session_id,
+            self.events,
+            fps=config.perception.fps,
+            capacity=config.session.frame_queue,
+            decode_pixels=session.perception.geometry.max_pixels,  # frames are kept at the size perception uses
         )
         self.jobs = JobQueue(self.session_id)
         session.outbox = CausalOutbox(partial(session.engine.apply, self.session_id))

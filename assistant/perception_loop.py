@@ -43,6 +43,7 @@ class PerceptionLoop:
         """Stream time of the newest processed frame."""
         self.busy = False
         """A frame is being perceived right now."""
+        self._step: list[Frame] = []  # processed frames of the step not yet complete
 
     async def run(self) -> None:
         """Perceive frames until the intake closes."""
@@ -54,7 +55,11 @@ class PerceptionLoop:
             # 2. perceive: sample, encode, drop, remember (blocking compute, off the event loop)
             try:
                 update = await asyncio.to_thread(self.session.ingest, queued.frame)
-            except Exception as exc:  # a bad frame fails alone
+            except Exception as exc:  # a bad frame fails alone (with the earlier frames of its step)
+                for frame in self._step:  # counted as processed, but its step never reached the memory
+                    self.processed_frames -= 1
+                    self.intake.failed(frame)
+                self._step.clear()
                 self._failed(queued.frame, exc)
                 continue
             finally:
@@ -67,7 +72,9 @@ class PerceptionLoop:
             if self.on_frame is not None and signal is not None:
                 self.on_frame(signal)
             if update is None:
+                self._step.append(queued.frame)
                 continue
+            self._step.clear()
             self._report(update, lag=time.monotonic() - queued.arrived)
             self.on_step(update)
 

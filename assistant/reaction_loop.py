@@ -77,6 +77,8 @@ class ReactionLoop:
                 kind=job.kind,
                 question=job.question,
                 finish_reason="cancelled",
+                text=job.text,
+                generated_tokens=job.generated,
             )
         if not job.done.done():
             job.done.cancel()
@@ -88,6 +90,8 @@ class ReactionLoop:
         try:
             async for event in stream:
                 if isinstance(event, AnswerDelta):
+                    job.text += event.text
+                    job.generated += max(1, len(event.token_ids))
                     self.events.emit(AnswerDeltaEvent, job.t, answer_id=job.answer_id, text=event.text)
                 elif isinstance(event, AnswerDone):
                     s = event.stats

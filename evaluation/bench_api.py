@@ -35,7 +35,8 @@ class SessionLoad:
     def accounted(self) -> bool:
         """Client: sent = accepted + refused; server: received = processed + dropped (nothing queued)."""
         frames = self.server.get("frames", {})
-        server_ok = frames.get("received") == frames.get("processed", 0) + sum(frames.get("dropped", {}).values())
+        done = frames.get("processed", 0) + frames.get("perceiving", 0) + sum(frames.get("dropped", {}).values())
+        server_ok = frames.get("received") == done
         return self.sent == self.accepted + sum(self.refused.values()) and server_ok and frames.get("queued") == 0
 
 
@@ -77,15 +78,19 @@ async def _client(
     questions: list[asyncio.Task] = []
 
     async def ask(t: float) -> None:
+        """Time to first token and to the whole answer as the client sees them (queueing included)."""
         began = time.perf_counter()
-        r = await http.post(
-            f"/v1/sessions/{load.id}/messages",
-            params={"stream": "false"},
-            json={"question": "What is happening?", "t": t, "max_new_tokens": max_new_tokens},
-        )
-        if r.status_code == 200:
-            load.answer_s.append(time.perf_counter() - began)
-            load.ttft_s.append(r.json()["ttft_s"])
+        body = {"question": "What is happening?", "t": t, "max_new_tokens": max_new_tokens}
+        first = None
+        async with http.stream("POST", f"/v1/sessions/{load.id}/messages", json=body) as r:
+            if r.status_code != 200:
+                return
+            async for line in r.aiter_lines():
+                if first is None and line.startswith("event: answer_") and line != "event: answer_start":
+                    first = time.perf_counter() - began
+                if line == "event: answer_done":
+                    load.answer_s.append(time.perf_counter() - began)
+                    load.ttft_s.append(first if first is not None else time.perf_counter() - began)
 
     n = int(seconds * fps)
     for i in range(n):
@@ -111,6 +116,15 @@ async def _client(
             next_question += ask_every
     await asyncio.gather(*questions)
     return load
+
+
+async def worker_rss(http: Any) -> float | None:
+    """The worker's resident memory in MB, from its Prometheus metrics (None when it does not publish it)."""
+    r = await http.get("/metrics")
+    for line in r.text.splitlines() if r.status_code == 200 else []:
+        if line.startswith("process_resident_memory_bytes "):
+            return round(float(line.split()[1]) / 2**20, 1)
+    return None
 
 
 async def _settle(http: Any, load: SessionLoad, timeout: float) -> None:
@@ -144,12 +158,14 @@ async def run_load(
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     limits = httpx.Limits(max_connections=4 * sessions + 8)
     async with httpx.AsyncClient(base_url=url, headers=headers, timeout=300, limits=limits) as http:
+        rss_start = await worker_rss(http)
         began = time.perf_counter()
         loads = await asyncio.gather(
             *(_client(http, frames, fps, seconds, ask_every, max_new_tokens) for _ in range(sessions))
         )
         wall = time.perf_counter() - began
         await asyncio.gather(*(_settle(http, load, 120) for load in loads))
+        rss_end = await worker_rss(http)
         for load in loads:
             await http.delete(f"/v1/sessions/{load.id}")
     frame_ms = [x for load in loads for x in load.frame_ms]
@@ -178,6 +194,7 @@ async def run_load(
         "answers": len(answers),
         "answer_ms": pct(answers, 1000),
         "ttft_ms": pct(ttft, 1000),
+        "worker_rss_mb": {"start": rss_start, "end": rss_end},
         "per_session": [
             {"id": load.id, "sent": load.sent, "accepted": load.accepted, "frames": load.server["frames"]}
             for load in loads

@@ -11,10 +11,11 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from assistant.config import VigilConfig
+from assistant.config import LimitsConfig, VigilConfig
 from assistant.orchestrator import Orchestrator
 from serving.auth import KeyRing
 from serving.directory import SessionDirectory, make_directory
+from serving.forward import ForwardMiddleware
 from serving.limits import BodyLimitMiddleware
 from serving.routes import events, frames, health, openai, questions, sessions, stream, video
 from serving.routes.errors import add_error_handlers
@@ -41,9 +42,8 @@ def create_app(
 
     ``mount`` adds a front end (the browser app, wired by ``serving.runtime``) to the app.
     """
-    service = VigilService(
-        config, orchestrator, directory or make_directory(config.server.redis_url), worker_id=config.server.worker_id
-    )
+    directory = directory or make_directory(config.server.redis_url, config.server.redis_timeout_s)
+    service = VigilService(config, orchestrator, directory, worker_id=config.server.worker_id)
     keys = KeyRing(config.server.api_keys)
 
     @contextlib.asynccontextmanager
@@ -52,6 +52,7 @@ def create_app(
         try:
             yield
         finally:
+            await forwarder.close()
             await service.stop()
 
     app = FastAPI(
@@ -70,6 +71,8 @@ def create_app(
         default=limits.max_body_bytes,
         routes=[(SESSION_PATH + "/video", limits.max_upload_bytes)],
     )
+    app.add_middleware(ForwardMiddleware, service=service)  # outermost: the owner worker applies its own limits
+    forwarder = _Forwarder(app)
     add_error_handlers(app)
     for module in ROUTERS:
         app.include_router(module.router)
@@ -78,10 +81,49 @@ def create_app(
     return app
 
 
+class _Forwarder:
+    """The app's ForwardMiddleware once Starlette has built its middleware stack (to close its client)."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self.app = app
+
+    async def close(self) -> None:
+        layer = self.app.middleware_stack
+        while layer is not None:
+            if isinstance(layer, ForwardMiddleware):
+                await layer.close()
+                return
+            layer = getattr(layer, "app", None)
+
+
+KEEP_ALIVE_S = 5.0
+"""Idle time after which a kept-alive connection is closed."""
+
+
+def uvicorn_config(app: FastAPI, limits: LimitsConfig, **kwargs: Any) -> Any:
+    """uvicorn's settings for the API: h11 with a bounded request head, a connection limit (503 beyond), idle
+    connections closed, and requests whose head does not arrive within ``limits.header_timeout_s`` dropped."""
+    import uvicorn
+
+    from serving.slow_requests import guarded_h11
+
+    return uvicorn.Config(
+        app,
+        http=guarded_h11(limits.header_timeout_s),
+        h11_max_incomplete_event_size=limits.max_header_bytes,
+        limit_concurrency=limits.max_connections,
+        timeout_keep_alive=KEEP_ALIVE_S,
+        ws_max_size=limits.max_frame_bytes,
+        **{"log_level": "warning", "timeout_graceful_shutdown": 3, **kwargs},
+    )
+
+
 class BackgroundServer:
     """A uvicorn server for ``app`` on its own thread and event loop (benchmarks, tests, notebooks)."""
 
-    def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self, app: FastAPI, host: str = "127.0.0.1", port: int = 0, limits: LimitsConfig | None = None
+    ) -> None:
         import threading
 
         import uvicorn
@@ -90,7 +132,9 @@ class BackgroundServer:
         self._sock = socket.socket()
         self._sock.bind((host, port))
         self.url = f"http://{host}:{self._sock.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=3))
+        service = getattr(app.state, "service", None)
+        limits = limits or (service.limits if service is not None else LimitsConfig())
+        self.server = uvicorn.Server(uvicorn_config(app, limits))
         self.loop: asyncio.AbstractEventLoop | None = None
         self.thread = threading.Thread(target=self._run, daemon=True, name=f"uvicorn-{self.url}")
 

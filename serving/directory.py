@@ -26,6 +26,8 @@ class SessionRecord:
     created: float = field(default_factory=time.time)
     status: SessionStatus = "live"
     options: dict[str, Any] = field(default_factory=dict)
+    end_reason: str | None = None
+    """Why a lost session ended (``worker_lost``, ``worker_restarted``): its event stream ends with it."""
 
     def to_json(self) -> str:
         """The record as JSON (as stored in Redis)."""
@@ -48,7 +50,15 @@ class SessionDirectory(Protocol):
     """True when other workers see the same directory."""
 
     async def register(self, record: SessionRecord) -> None:
-        """Add a session (live) under its owner."""
+        """Add (or re-assert) a session under its owner."""
+        ...
+
+    async def reserve(self, record: SessionRecord, max_live: int) -> bool:
+        """Add a live session atomically when its owner has fewer than ``max_live`` live ones; False when full."""
+        ...
+
+    async def reassert(self, records: list[SessionRecord]) -> list[str]:
+        """Put back records of live hosted sessions the directory lost or wrongly ended; the ids put back."""
         ...
 
     async def get(self, session_id: str) -> SessionRecord | None:
@@ -63,8 +73,8 @@ class SessionDirectory(Protocol):
         """How many of an owner's sessions are live."""
         ...
 
-    async def set_status(self, session_id: str, status: SessionStatus) -> None:
-        """Mark a session live, closed or lost (ended ones expire after a while in Redis)."""
+    async def set_status(self, session_id: str, status: SessionStatus, reason: str | None = None) -> None:
+        """Mark a session live, closed or lost, with why it ended (ended ones expire after a while in Redis)."""
         ...
 
     async def remove(self, session_id: str) -> None:
@@ -119,6 +129,15 @@ class LocalDirectory:
     async def register(self, record: SessionRecord) -> None:
         self._records[record.id] = record
 
+    async def reserve(self, record: SessionRecord, max_live: int) -> bool:
+        if await self.count_live(record.owner) >= max_live:  # no await in between: atomic on the loop
+            return False
+        self._records[record.id] = record
+        return True
+
+    async def reassert(self, records: list[SessionRecord]) -> list[str]:
+        return []
+
     async def get(self, session_id: str) -> SessionRecord | None:
         return self._records.get(session_id)
 
@@ -128,9 +147,10 @@ class LocalDirectory:
     async def count_live(self, owner: str) -> int:
         return sum(1 for r in self._records.values() if r.owner == owner and r.status == "live")
 
-    async def set_status(self, session_id: str, status: SessionStatus) -> None:
+    async def set_status(self, session_id: str, status: SessionStatus, reason: str | None = None) -> None:
         if session_id in self._records:
             self._records[session_id].status = status
+            self._records[session_id].end_reason = reason
 
     async def remove(self, session_id: str) -> None:
         self._records.pop(session_id, None)
@@ -163,36 +183,88 @@ class LocalDirectory:
         return None
 
 
+_RESERVE = """
+local owner_key, limit, sid, record = KEYS[1], tonumber(ARGV[1]), ARGV[2], ARGV[3]
+local live = 0
+for _, id in ipairs(redis.call('SMEMBERS', owner_key)) do
+  local raw = redis.call('GET', 'vigil:session:' .. id)
+  if raw then
+    local r = cjson.decode(raw)
+    if r.status == 'live' and redis.call('EXISTS', 'vigil:worker:' .. r.worker) == 1 then live = live + 1 end
+  else
+    redis.call('SREM', owner_key, id)
+  end
+end
+if live >= limit then return 0 end
+redis.call('SET', 'vigil:session:' .. sid, record)
+redis.call('SADD', owner_key, sid)
+return 1
+"""
+"""Count the owner's live sessions on live workers and add the new one, in one atomic step."""
+
+
 class RedisDirectory:
     """The directory and event streams in Redis, shared by every worker that points at it.
 
     Keys: ``vigil:session:{id}`` (record JSON), ``vigil:owner:{owner}`` (set of ids), ``vigil:worker:{id}``
-    (heartbeat with the worker's URL, expiring), ``vigil:events:{id}`` (stream; entry id ``0-{seq}``).
+    (heartbeat, expiring), ``vigil:worker-url:{id}`` (the URL it serves at), ``vigil:events:{id}`` (stream; entry
+    id ``0-{seq}``). Every call gives up after ``timeout_s`` (DirectoryError), so no request waits on a stalled Redis.
     """
 
     shared = True
 
-    def __init__(self, url: str, *, events_max: int = 10_000, closed_ttl_s: int = 3600) -> None:
+    def __init__(self, url: str, *, events_max: int = 10_000, closed_ttl_s: int = 3600, timeout_s: float = 2.0) -> None:
         import redis.asyncio as aioredis  # optional dependency
 
         self.url = url
         self.events_max = events_max
         self.closed_ttl_s = closed_ttl_s
-        self._redis = aioredis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=5, socket_timeout=10)
+        self.timeout_s = timeout_s
+        self._redis = aioredis.Redis.from_url(
+            url, decode_responses=True, socket_connect_timeout=timeout_s, socket_timeout=timeout_s
+        )
+        self._reserve = self._redis.register_script(_RESERVE)
 
     async def _call(self, coro: Any) -> Any:
+        import asyncio
+
         import redis
 
         try:
-            return await coro
-        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-            raise DirectoryError(f"Redis at {self.url} is unreachable: {exc}") from None
+            async with asyncio.timeout(self.timeout_s * 1.5):  # a stalled server: the socket timeout, and this
+                return await coro
+        except (redis.RedisError, OSError, TimeoutError) as exc:
+            raise DirectoryError(f"Redis at {self.url} is unavailable: {type(exc).__name__}: {exc}") from None
 
     async def register(self, record: SessionRecord) -> None:
         pipe = self._redis.pipeline(transaction=True)
         pipe.set(f"vigil:session:{record.id}", record.to_json())
         pipe.sadd(f"vigil:owner:{record.owner}", record.id)
         await self._call(pipe.execute())
+
+    async def reserve(self, record: SessionRecord, max_live: int) -> bool:
+        keys = [f"vigil:owner:{record.owner}"]
+        return bool(await self._call(self._reserve(keys=keys, args=[max_live, record.id, record.to_json()])))
+
+    async def reassert(self, records: list[SessionRecord]) -> list[str]:
+        """Put back the records of live hosted sessions that Redis lost (restarted empty) or that another worker
+        marked ended while this one was unreachable; the ids put back."""
+        if not records:
+            return []
+        raws = await self._call(self._redis.mget([f"vigil:session:{r.id}" for r in records]))
+        pipe = self._redis.pipeline(transaction=False)
+        fixed = []
+        for record, raw in zip(records, raws, strict=True):
+            stored = SessionRecord.from_json(raw).status if raw is not None else None
+            if stored in (record.status, "closed"):  # as it should be, or closed by this worker just now (final)
+                continue
+            pipe.set(f"vigil:session:{record.id}", record.to_json())
+            pipe.sadd(f"vigil:owner:{record.owner}", record.id)
+            pipe.persist(f"vigil:events:{record.id}")
+            fixed.append(record.id)
+        if fixed:
+            await self._call(pipe.execute())
+        return fixed
 
     async def get(self, session_id: str) -> SessionRecord | None:
         raw = await self._call(self._redis.get(f"vigil:session:{session_id}"))
@@ -212,11 +284,11 @@ class RedisDirectory:
     async def count_live(self, owner: str) -> int:
         return sum(1 for r in await self.list(owner) if r.status == "live")
 
-    async def set_status(self, session_id: str, status: SessionStatus) -> None:
+    async def set_status(self, session_id: str, status: SessionStatus, reason: str | None = None) -> None:
         record = await self.get(session_id)
         if record is None:
             return
-        record.status = status
+        record.status, record.end_reason = status, reason
         pipe = self._redis.pipeline(transaction=True)
         if status == "live":
             pipe.set(f"vigil:session:{session_id}", record.to_json())
@@ -234,29 +306,35 @@ class RedisDirectory:
         await self._call(pipe.execute())
 
     async def heartbeat(self, worker: str, url: str | None, ttl_s: float) -> None:
-        await self._call(self._redis.set(f"vigil:worker:{worker}", url or "", px=int(ttl_s * 1000)))
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.set(f"vigil:worker:{worker}", url or "", px=int(ttl_s * 1000))
+        pipe.set(f"vigil:worker-url:{worker}", url or "", ex=7 * 86400)
+        await self._call(pipe.execute())
 
     async def worker_url(self, worker: str) -> str | None:
-        return (await self._call(self._redis.get(f"vigil:worker:{worker}"))) or None
+        return (await self._call(self._redis.get(f"vigil:worker-url:{worker}"))) or None
 
     async def worker_alive(self, worker: str) -> bool:
         return bool(await self._call(self._redis.exists(f"vigil:worker:{worker}")))
 
     async def sessions_of(self, worker: str) -> list[SessionRecord]:
-        records = []
-        async for key in self._redis.scan_iter(match="vigil:session:*", count=500):
-            raw = await self._call(self._redis.get(key))
-            if raw is not None:
-                record = SessionRecord.from_json(raw)
-                if record.worker == worker:
-                    records.append(record)
-        return records
+        async def scan() -> list[SessionRecord]:
+            records = []
+            async for key in self._redis.scan_iter(match="vigil:session:*", count=500):
+                raw = await self._redis.get(key)
+                if raw is not None:
+                    record = SessionRecord.from_json(raw)
+                    if record.worker == worker:
+                        records.append(record)
+            return records
+
+        return await self._call(scan())
 
     async def append_events(self, session_id: str, events: list[dict[str, Any]]) -> None:
         if not events:
             return
         key = f"vigil:events:{session_id}"
-        pipe = self._redis.pipeline(transaction=False)
+        pipe = self._redis.pipeline(transaction=True)
         for event in events:
             pipe.xadd(key, {"e": json.dumps(event)}, id=f"0-{event['seq']}", maxlen=self.events_max, approximate=True)
         await self._call(pipe.execute())
@@ -279,6 +357,6 @@ class RedisDirectory:
         await self._redis.aclose()
 
 
-def make_directory(redis_url: str | None) -> SessionDirectory:
-    """Redis when a URL is given, else the in-process directory."""
-    return RedisDirectory(redis_url) if redis_url else LocalDirectory()
+def make_directory(redis_url: str | None, timeout_s: float = 2.0) -> SessionDirectory:
+    """Redis when a URL is given (every call bounded by ``timeout_s``), else the in-process directory."""
+    return RedisDirectory(redis_url, timeout_s=timeout_s) if redis_url else LocalDirectory()

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from assistant.config import LimitsConfig
+from assistant.intake import QueueFullError
 from assistant.orchestrator import SessionClosedError
 from assistant.sources import FrameTimeError, InvalidFrameError
 from serving.errors import ServiceError, closed
@@ -35,6 +36,13 @@ class FrameGate:
             raise ServiceError(
                 413, "too_many_frames", f"at most {self.limits.max_frames_per_request} frames per request"
             )
+        if len(frames) > h.bucket.burst:  # never allowed at this rate, however long the client waits
+            raise ServiceError(
+                413,
+                "too_many_frames",
+                f"at most {h.bucket.burst:.0f} frames per request at this session's rate of {self.limits.max_fps:g} "
+                "frames per second",
+            )
         encoded = all(isinstance(data, bytes | bytearray) for data, _ in frames)
         for data, _ in frames:
             if encoded and len(data) > self.limits.max_frame_bytes:
@@ -51,6 +59,11 @@ class FrameGate:
             raise ServiceError(422, "invalid_frame", str(exc)) from None
         except SessionClosedError as exc:
             raise closed(str(exc)) from None
+        except QueueFullError as exc:
+            self.metrics.rejected.labels("frame_queue_full").inc()
+            if exc.scope == "session":
+                raise ServiceError(429, "frame_queue_full", str(exc), headers={"Retry-After": "1"}) from None
+            raise ServiceError(503, "worker_busy", str(exc), headers={"Retry-After": "2"}) from None
         h.frames_in += pushed.accepted
         self.metrics.frames_in.inc(pushed.accepted)
         h.touch()
@@ -63,10 +76,6 @@ class FrameGate:
         if wait == 0.0:
             return
         self.metrics.rejected.labels("rate_limited").inc()
-        if math.isinf(wait):
-            raise ServiceError(
-                429, "rate_limited", f"{n} frames exceed this session's burst of {h.bucket.burst:.0f}; send fewer"
-            )
         raise ServiceError(
             429,
             "rate_limited",

@@ -10,6 +10,7 @@ from assistant.config import VigilConfig
 from assistant.orchestrator import LiveSession
 from serving.directory import SessionRecord
 from serving.limits import TokenBucket
+from serving.mirror import EventMirror
 from serving.schemas import SessionView, VideoView
 
 
@@ -60,6 +61,8 @@ class Hosted:
     subscribers: int = 0
     playback: Playback | None = None
     watcher: asyncio.Task | None = None
+    mirror: EventMirror | None = None
+    """Copies its events to a shared directory (None with the in-process one)."""
 
     @property
     def playing(self) -> bool:

@@ -12,11 +12,12 @@ class Metrics:
     """Counters, gauges and histograms in a registry of their own (several apps may live in one process)."""
 
     def __init__(self, sessions: Callable[[], int], memory_tokens: Callable[[], int]) -> None:
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
         self.registry = CollectorRegistry()
         self._seen = self._kept = 0
         r = self.registry
+        ProcessCollector(registry=r)  # process_resident_memory_bytes, CPU seconds, open fds
         self.frames_in = Counter("vigil_frames_received", "Frames received by sessions.", registry=r)
         self.frames_processed = Counter("vigil_frames_processed", "Frames perceived.", registry=r)
         self.frames_dropped = Counter(

@@ -71,6 +71,7 @@ class VideoPlayer:
     async def _run(self, h: Hosted, playback: Playback, frames: FrameSource, speed: Pace) -> None:
         live = h.live
         offset = 0.0 if live.last_frame_t is None else live.last_frame_t + 1.0 / h.config.perception.fps
+        received = live.intake.received
         try:
             async with contextlib.aclosing(live.play(frames, offset, lossless=speed == "max")) as pushed:
                 async for _ in pushed:
@@ -80,6 +81,9 @@ class VideoPlayer:
                     self.metrics.frames_in.inc()
             end = getattr(frames, "end", None)
             playback.end_reason = end.reason if end is not None else "end"
+            offered = live.intake.received - received
+            if offered and not playback.frames:  # an end without one usable frame is a failure, not an eof
+                raise SourceError(f"none of the video's {offered} frames could be used (see its frame_dropped events)")
         except (SourceError, SessionClosedError) as exc:
             playback.error = str(exc)
             if not live.closed:

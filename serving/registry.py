@@ -10,21 +10,23 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 
 from pydantic import ValidationError
 
 from assistant.config import VigilConfig, format_validation_error
-from assistant.orchestrator import Orchestrator
+from assistant.intake import FrameBytes
+from assistant.orchestrator import LiveSession, Orchestrator
 from serving.directory import DirectoryError, SessionDirectory, SessionRecord
 from serving.errors import ServiceError, directory_call, not_found
 from serving.hosted import Hosted
 from serving.limits import TokenBucket
 from serving.metrics import Metrics
+from serving.mirror import EventMirror
+from serving.questions import check_instruction
 from serving.schemas import SessionCreate, SessionView
 
 log = logging.getLogger(__name__)
-
-HEARTBEAT_S = 2.0
 
 
 def record_view(record: SessionRecord) -> SessionView:
@@ -52,7 +54,13 @@ class SessionRegistry:
         self.metrics = metrics
         self.worker_id = worker_id
         self.public_url = config.server.public_url
+        self.heartbeat_s = config.server.heartbeat_s
         self.hosted: dict[str, Hosted] = {}
+        self.directory_ok: bool = not directory.shared
+        """The last heartbeat reached the directory (what ``/health`` reports, without waiting on Redis)."""
+        self.frame_bytes = FrameBytes(self.limits.max_worker_frame_bytes)
+        """Decoded bytes of the frames queued by all sessions of this worker."""
+        self._creating: set[str] = set()  # sessions being built: counted against the worker's limit already
         self._tasks: list[asyncio.Task] = []
 
     # -- lifecycle -----------------------------------------------------------------------------------------
@@ -61,8 +69,8 @@ class SessionRegistry:
         if self.directory.shared:
             for record in await self.directory.sessions_of(self.worker_id):
                 if record.status == "live":
-                    await self._end_orphan(record)
-            await self.directory.heartbeat(self.worker_id, self.public_url, 3 * HEARTBEAT_S)
+                    await self.end_lost(record, "worker_restarted")
+            await self._beat()
             self._tasks.append(asyncio.create_task(self._heartbeat(), name="heartbeat"))
         self._tasks.append(asyncio.create_task(self._reap_idle(), name="reaper"))
 
@@ -77,20 +85,56 @@ class SessionRegistry:
             with contextlib.suppress(Exception):
                 await self.close(sid, "shutdown", keep=True)
 
-    async def _end_orphan(self, record: SessionRecord) -> None:
-        last = await self.directory.last_event(record.id)
-        seq, t = (last["seq"] + 1, last["t"]) if last else (1, 0.0)
-        closed = {"type": "session_closed", "seq": seq, "session_id": record.id, "t": t, "reason": "worker_restarted"}
-        await self.directory.append_events(record.id, [closed])
-        await self.directory.set_status(record.id, "lost")
+    async def end_lost(self, record: SessionRecord, reason: str) -> None:
+        """End a session whose worker is gone (status ``lost``); its event stream then ends with a
+        ``session_closed`` event giving ``reason``. Nothing is written to the stream itself: a worker that was only
+        unreachable puts its record back and goes on with its own sequence numbers."""
+        await self.directory.set_status(record.id, "lost", reason)
+        record.status, record.end_reason = "lost", reason
+
+    async def forward_target(self, session_id: str) -> tuple[SessionRecord, str] | None:
+        """The record and URL of the worker a request for ``session_id`` goes to, when that is another worker
+        (None: answer here, also when the directory cannot tell)."""
+        try:
+            record = await self.directory.get(session_id)
+            if record is None or record.status != "live" or record.worker == self.worker_id:
+                return None
+            url = await self.directory.worker_url(record.worker)
+        except DirectoryError:
+            return None
+        return (record, url) if url else None
+
+    async def unreachable(self, record: SessionRecord) -> bool:
+        """The worker of ``record`` did not accept a connection: True (and the session lost) when its heartbeat
+        has expired too; False while it may only be slow."""
+        try:
+            if await self.directory.worker_alive(record.worker):
+                return False
+            await self.end_lost(record, "worker_lost")
+        except DirectoryError:
+            return False
+        return True
+
+    async def _beat(self) -> None:
+        """Say this worker is alive, and put back what the directory lost of its live sessions."""
+        try:
+            await self.directory.heartbeat(self.worker_id, self.public_url, 3 * self.heartbeat_s)
+            live = [h for h in self.hosted.values() if not h.live.closed]
+            for sid in await self.directory.reassert([h.record for h in live]):
+                log.warning("session %s was missing from the directory; put back", sid)
+                if (h := self.hosted.get(sid)) is not None and h.mirror is not None:
+                    h.mirror.reset = True  # its events went with it: mirror again what the log holds
+        except DirectoryError as exc:
+            if self.directory_ok:
+                log.warning("heartbeat failed: %s", exc)
+            self.directory_ok = False
+            return
+        self.directory_ok = True
 
     async def _heartbeat(self) -> None:
         while True:
-            await asyncio.sleep(HEARTBEAT_S)
-            try:
-                await self.directory.heartbeat(self.worker_id, self.public_url, 3 * HEARTBEAT_S)
-            except DirectoryError as exc:
-                log.warning("heartbeat failed: %s", exc)
+            await asyncio.sleep(self.heartbeat_s)
+            await self._beat()
 
     async def _reap_idle(self) -> None:
         every = min(10.0, self.config.server.idle_timeout_s / 4)
@@ -109,61 +153,75 @@ class SessionRegistry:
     async def create(self, owner: str, spec: SessionCreate, *, idle_timeout_s: float | None = None) -> Hosted:
         """Start a session for ``owner`` (503 worker full, 429 too many for the key, 422 invalid options).
 
-        It is closed after ``idle_timeout_s`` without activity (default ``server.idle_timeout_s``).
+        Both limits are reserved before the session is built (the worker's here, the key's atomically in the
+        directory), so parallel creates cannot overshoot them. It is closed after ``idle_timeout_s`` without
+        activity (default ``server.idle_timeout_s``).
         """
         try:  # invalid options are refused first, whatever the limits say
-            spec.apply(self.config)
+            applied = spec.apply(self.config)
         except ValidationError as exc:
             raise ServiceError(
                 422, "invalid_config", f"invalid session options: {format_validation_error(exc)}"
             ) from None
-        if len(self.hosted) >= self.limits.max_sessions:
+        for instruction in spec.instructions:  # the same bounds as POST /instructions
+            check_instruction(getattr(self.orchestrator.adapter, "layout", None), applied, instruction)
+        if len(self.hosted) + len(self._creating) >= self.limits.max_sessions:
             raise ServiceError(
                 503, "worker_full", "this worker runs its maximum number of sessions", headers={"Retry-After": "30"}
             )
-        if await directory_call(self.directory.count_live(owner)) >= self.limits.max_sessions_per_key:
-            raise ServiceError(
-                429,
-                "too_many_sessions",
-                f"this API key has {self.limits.max_sessions_per_key} open sessions; close one first",
-                headers={"Retry-After": "60"},
-            )
-        try:  # the orchestrator applies the options to the server's config
-            live = await self.orchestrator.create_session(spec, self.config)
-        except ValueError as exc:  # the model cannot take these options (e.g. frames per step over its patch)
-            raise ServiceError(422, "invalid_config", f"invalid session options: {exc}") from None
         public = spec.model_dump(exclude_none=True, mode="json")
-        record = SessionRecord(live.session_id, owner, self.worker_id, options=public)
-        rate = self.limits.max_fps
-        idle = self.config.server.idle_timeout_s if idle_timeout_s is None else idle_timeout_s
-        hosted = Hosted(live, record, live.session.config, TokenBucket(rate, burst=max(4.0, 2 * rate)), idle)
-        self.hosted[live.session_id] = hosted
+        record = SessionRecord(f"s{uuid.uuid4().hex[:16]}", owner, self.worker_id, options=public)
+        self._creating.add(record.id)
         try:
-            await directory_call(self.directory.register(record))
-        except ServiceError:
-            await self.close(live.session_id, "directory_unavailable", keep=False)
-            raise
+            if not await directory_call(self.directory.reserve(record, self.limits.max_sessions_per_key)):
+                raise ServiceError(
+                    429,
+                    "too_many_sessions",
+                    f"this API key has {self.limits.max_sessions_per_key} open sessions; close one first",
+                    headers={"Retry-After": "60"},
+                )
+            live = await self._build(spec, record)
+        finally:
+            self._creating.discard(record.id)
+        live.intake.max_bytes = self.limits.max_session_frame_bytes
+        live.intake.worker_bytes = self.frame_bytes
+        idle = self.config.server.idle_timeout_s if idle_timeout_s is None else idle_timeout_s
+        rate = self.limits.max_fps
+        hosted = Hosted(live, record, live.session.config, TokenBucket(rate, burst=max(4.0, 2 * rate)), idle)
+        if self.directory.shared:
+            hosted.mirror = EventMirror(record.id, live.events, self.directory)
+        self.hosted[live.session_id] = hosted
         hosted.watcher = asyncio.create_task(self._watch(hosted), name=f"watch-{live.session_id}")
         return hosted
 
+    async def _build(self, spec: SessionCreate, record: SessionRecord) -> LiveSession:
+        """The live session of a reserved record; the reservation is released when it cannot be built."""
+        try:  # the orchestrator applies the options to the server's config
+            return await self.orchestrator.create_session(spec, self.config, session_id=record.id)
+        except BaseException as exc:
+            with contextlib.suppress(DirectoryError):
+                await self.directory.remove(record.id)
+            if isinstance(exc, ValueError):  # the model cannot take these options (e.g. frames per step)
+                raise ServiceError(422, "invalid_config", f"invalid session options: {exc}") from None
+            raise
+
     async def _watch(self, h: Hosted) -> None:
-        """Feed metrics and mirror events to the shared directory until the session closes."""
+        """Feed metrics and mirror events to the shared directory until the session closes and all is mirrored."""
         cursor = 0
         log_ = h.live.events
         while True:
             batch = await log_.wait(cursor, 1.0)
-            if not batch:
-                if log_.closed:
-                    return
-                continue
             for event in batch:
                 self.metrics.observe(event)
-            cursor = batch[-1].seq
-            if self.directory.shared:
-                try:
-                    await self.directory.append_events(h.record.id, [e.to_dict() for e in batch])
-                except DirectoryError as exc:
-                    log.warning("events of %s not mirrored: %s", h.record.id, exc)
+            if batch:
+                cursor = batch[-1].seq
+            mirrored = True
+            if h.mirror is not None and h.mirror.behind:
+                mirrored = await h.mirror.flush()
+            if not batch and log_.closed and mirrored:
+                return
+            if not mirrored and not batch:
+                await asyncio.sleep(0.5)  # Redis refuses: retry from the last confirmed event
 
     # -- find ----------------------------------------------------------------------------------------------
     def mine(self, owner: str, session_id: str) -> Hosted | None:
@@ -178,6 +236,8 @@ class SessionRegistry:
             h.touch()
             return h
         record = await self.elsewhere(owner, session_id)
+        if record.status == "live" and record.worker == self.worker_id:  # left by a previous run of this worker
+            await directory_call(self.end_lost(record, "worker_restarted"))
         raise ServiceError(410, "session_closed", f"session {session_id!r} has ended ({record.status})")
 
     async def elsewhere(self, owner: str, session_id: str) -> SessionRecord:
@@ -190,11 +250,13 @@ class SessionRegistry:
         return record
 
     async def _route(self, record: SessionRecord) -> None:
-        """Raise the redirect (or error) for a live session that runs on another worker."""
+        """Raise the redirect (or error) for a live session that runs on another live worker; a session whose
+        worker is gone is ended (status ``lost``) so that its mirrored events can still be read."""
         if record.status != "live" or record.worker == self.worker_id:
             return
         if not await directory_call(self.directory.worker_alive(record.worker)):
-            raise ServiceError(410, "session_lost", f"session {record.id!r} ran on worker {record.worker}, now gone")
+            await directory_call(self.end_lost(record, "worker_lost"))
+            return
         url = await directory_call(self.directory.worker_url(record.worker))
         if not url:
             raise ServiceError(
@@ -214,8 +276,15 @@ class SessionRegistry:
         return record_view(await self.elsewhere(owner, session_id))
 
     async def list(self, owner: str) -> list[SessionView]:
-        """Sessions of ``owner`` on every worker, oldest first."""
+        """Sessions of ``owner`` on every worker, oldest first (those of dead workers end as lost)."""
         records = await directory_call(self.directory.list(owner))
+        alive: dict[str, bool] = {self.worker_id: True}
+        for r in records:
+            if r.status == "live" and r.id not in self.hosted and r.id not in self._creating:
+                if r.worker not in alive:
+                    alive[r.worker] = await directory_call(self.directory.worker_alive(r.worker))
+                if not alive[r.worker] or r.worker == self.worker_id:
+                    await directory_call(self.end_lost(r, "worker_lost"))
         return [self.hosted[r.id].view() if r.id in self.hosted else record_view(r) for r in records]
 
     # -- end -----------------------------------------------------------------------------------------------

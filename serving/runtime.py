@@ -129,6 +129,8 @@ def serve(config: VigilConfig) -> int:
 
     import uvicorn
 
+    from serving.api import uvicorn_config
+
     server_config = config.server
     sock = socket.socket(socket.AF_INET6 if ":" in server_config.host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -141,6 +143,6 @@ def serve(config: VigilConfig) -> int:
     app = Runtime.load(config).api_app()
     print(f"vigil: serving {config.model.name} on {url}" + (f" (app at {url}/ui)" if config.server.ui else ""))
     print(f"vigil: API docs at {url}/docs", flush=True)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5))
+    server = uvicorn.Server(uvicorn_config(app, config.server.limits, timeout_graceful_shutdown=5))
     server.run(sockets=[sock])
     return 0

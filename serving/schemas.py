@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from assistant.config import MAX_INSTRUCTION_CHARS, SessionOptions
 from assistant.events import AnswerFinished
+from assistant.intake import MAX_STREAM_T
+
+MIN_SPEED, MAX_SPEED = 0.05, 1000.0
+"""Bounds of a playback speed factor (slower would keep a session busy for days; faster is ``max``)."""
 
 
 class _Body(BaseModel):
@@ -58,7 +62,9 @@ class FramesResult(BaseModel):
 
 class Question(_Body):
     question: str = Field(min_length=1, description="What to ask about the stream.")
-    t: float | None = Field(None, ge=0, description="Stream time of the question (default: now).")
+    t: float | None = Field(
+        None, ge=0, le=MAX_STREAM_T, allow_inf_nan=False, description="Stream time of the question (default: now)."
+    )
     max_new_tokens: int | None = Field(None, ge=1, le=8192)
     min_new_tokens: int | None = Field(None, ge=0, le=8192, description="Do not end the answer before this many.")
     temperature: float | None = Field(None, ge=0, le=2)
@@ -102,11 +108,14 @@ class AnswerView(BaseModel):
 
 
 class FrameCounts(BaseModel):
-    """Frames of a session: received, perceived, waiting, and not perceived by reason."""
+    """Frames of a session: received = processed + perceiving + queued + the sum of dropped, at every moment
+    between steps."""
 
     received: int
     processed: int
+    perceiving: int = Field(0, description="Frames being perceived right now.")
     queued: int
+    queued_bytes: int = Field(0, description="Decoded bytes of the queued frames.")
     dropped: dict[str, int]
 
 
@@ -156,6 +165,20 @@ class HealthView(BaseModel):
 class VideoRequest(_Body):
     source: str = Field(min_length=1, max_length=4096, description="A path or URL on the server's allow-list.")
     speed: Literal["realtime", "max"] | float = Field("realtime", description="Playback pace.")
+
+    @field_validator("source")
+    @classmethod
+    def _printable(cls, source: str) -> str:
+        if any(ord(c) < 32 or ord(c) == 127 for c in source):
+            raise ValueError("source must not contain control characters (NUL, newlines, ...)")
+        return source
+
+    @field_validator("speed")
+    @classmethod
+    def _speed(cls, speed: str | float) -> str | float:
+        if isinstance(speed, float) and not MIN_SPEED <= speed <= MAX_SPEED:
+            raise ValueError(f"speed must be realtime, max or a factor in [{MIN_SPEED:g}, {MAX_SPEED:g}]")
+        return speed
 
 
 class ErrorBody(BaseModel):

@@ -139,12 +139,13 @@ class VigilService:
     ) -> QueuedAnswer:
         """Queue a question; the session, the answer id, its future and the event seq to follow from."""
         h = await self.get(owner, session_id)
-        return questions.ask(h, question, t, self.limits.max_question_chars, **options)
+        return questions.ask(h, question, t, self.limits, **options)
 
     @staticmethod
-    async def wait_answer(future: asyncio.Future) -> AnswerFinished:
-        """The finished answer of ``ask``, or ServiceError: 409 cancelled, 410 session closed, 502 engine failed."""
-        return await questions.wait_answer(future)
+    async def wait_answer(future: asyncio.Future, hosted: Hosted | None = None) -> AnswerFinished:
+        """The finished answer of ``ask``, or ServiceError: 409 cancelled, 410 session closed (``hosted`` tells a
+        cancel from a close), 502 engine failed."""
+        return await questions.wait_answer(future, hosted)
 
     def answer_events(self, h: Hosted, answer_id: str, after: int) -> AsyncIterator[SessionEvent | None]:
         """The answer's events as they happen; None now and then as a keepalive."""

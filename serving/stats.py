@@ -21,9 +21,11 @@ def memory_view(h: Hosted, engine: ReactionEngine) -> MemoryView:
         id=live.session_id,
         stream_t=live.stream_t,
         frames=FrameCounts(
-            received=h.frames_in,
+            received=live.intake.received,
             processed=live.processed_frames,
+            perceiving=int(live.perception_loop.busy),
             queued=live.queued_frames,
+            queued_bytes=live.intake.queued_bytes,
             dropped=dict(live.frames_dropped),
         ),
         perception=PerceptionStats(

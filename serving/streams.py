@@ -11,9 +11,10 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from assistant.events import SessionEvent
-from serving.directory import DirectoryError, SessionDirectory
+from serving.directory import DirectoryError, SessionDirectory, SessionRecord
 from serving.errors import closed, directory_call
 from serving.hosted import Hosted
+from serving.mirror import lost_marker
 from serving.registry import SessionRegistry
 
 KEEPALIVE_S = 15.0
@@ -55,8 +56,8 @@ class EventStreams:
         """Every event after ``after`` (live ones as they happen; None as a keepalive), resumable by seq."""
         h = self.registry.mine(owner, session_id)
         if h is None:
-            await self.registry.elsewhere(owner, session_id)
-            async for event in self._replay(session_id, after):  # ended, or this worker restarted
+            record = await self.registry.elsewhere(owner, session_id)
+            async for event in self._replay(record, after):  # ended, or its worker is gone
                 yield event
             return
         h.subscribers += 1
@@ -92,13 +93,27 @@ class EventStreams:
         if first_missing < before:
             yield {"type": "events_lost", "first_seq": first_missing, "last_seq": before - 1}
 
-    async def _replay(self, session_id: str, after: int) -> AsyncIterator[dict[str, Any]]:
-        """The mirrored events after ``after``, to the end of the mirror."""
-        cursor = after
+    async def _replay(self, record: SessionRecord, after: int) -> AsyncIterator[dict[str, Any]]:
+        """The mirrored events after ``after`` to the end of the mirror, ``events_lost`` for a gap in it, and the
+        ``session_closed`` of a session that ended with its worker."""
+        cursor, last = after, None
         while True:
-            batch = await directory_call(self.directory.events(session_id, cursor))
+            batch = await directory_call(self.directory.events(record.id, cursor))
             if not batch:
-                return
+                break
             for event in batch:
+                if event["seq"] > cursor + 1 and event.get("type") != "events_lost":  # never mirrored
+                    yield lost_marker(record.id, cursor + 1, event["seq"] - 1, event.get("t", 0.0))
                 yield event
-            cursor = batch[-1]["seq"]
+                cursor, last = event["seq"], event
+            if len(batch) < 1000:
+                break
+        if record.status == "lost" and (last is None or last.get("type") != "session_closed"):
+            seq, t = (last["seq"] + 1, last.get("t", 0.0)) if last else (after + 1, 0.0)
+            yield {
+                "type": "session_closed",
+                "seq": max(seq, after + 1),
+                "session_id": record.id,
+                "t": t,
+                "reason": record.end_reason or "worker_lost",
+            }

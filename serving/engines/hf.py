@@ -18,18 +18,19 @@ with an ``EngineError``. The prompt texts and special tokens come from the adapt
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from assistant.config import EngineConfig
+from assistant.jobs import PRIORITY
 from assistant.models.base import VisionLanguageAdapter
 from assistant.reaction import (
     AddEntry,
@@ -46,6 +47,7 @@ from assistant.reaction import (
 )
 from memory.kv_cache import SegmentKVCache
 from memory.store import ContextBudget, Evict, MemoryEntry, Pool, Prune
+from serving.engines.scheduler import PriorityExecutor
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +130,7 @@ class HFEngine:
         self.model = adapter.model
         self.tokenizer = adapter.tokenizer
         self._sessions: dict[str, _SessionContext] = {}
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vigil-hf")
+        self._executor = PriorityExecutor("vigil-hf")  # questions first across sessions
         self._trim_heap = _HeapTrimmer()
         gen = getattr(self.model, "generation_config", None)
         eos = getattr(gen, "eos_token_id", None) or self.tokenizer.eos_token_id
@@ -145,7 +147,7 @@ class HFEngine:
     async def open_session(self, session_id: str) -> None:
         if session_id in self._sessions:
             raise ValueError(f"session {session_id!r} is already open in the engine")
-        await self._run(self._open, session_id)
+        await self._run(self._open, session_id, priority=PRIORITY["question"])
 
     async def close_session(self, session_id: str) -> None:
         ctx = self._sessions.pop(session_id, None)
@@ -161,13 +163,14 @@ class HFEngine:
     async def sync(self, session_id: str) -> int:
         ctx = self._ctx(session_id)
         async with ctx.request_lock:
-            return await self._run(self._sync, ctx)
+            return await self._run(self._sync, ctx, priority=PRIORITY["sync"])
 
     async def answer(self, session_id: str, request: AnswerRequest) -> AsyncIterator[AnswerEvent]:
         ctx = self._ctx(session_id)
         async with ctx.request_lock:
             started = time.perf_counter()
-            synced = await self._run(self._prepare, ctx)
+            run = functools.partial(self._run, priority=PRIORITY.get(request.kind, 0))
+            synced = await run(self._prepare, ctx)
             cached = ctx.kv.length
             checkpoint = ctx.kv.fork()
             max_new = request.max_new_tokens or self.config.max_new_tokens
@@ -178,7 +181,7 @@ class HFEngine:
             finish = "length"
             ttft = 0.0
             try:
-                logits, prompt_tokens = await self._run(self._begin, ctx, request)
+                logits, prompt_tokens = await run(self._begin, ctx, request)
                 for _ in range(max_new):
                     if len(ids) < request.min_new_tokens:
                         logits = logits.index_fill(0, self._stop_tensor, float("-inf"))
@@ -196,7 +199,7 @@ class HFEngine:
                         emitted, streamed = text, list(ids)
                     if len(ids) == max_new:
                         break
-                    logits = await self._run(self._decode, ctx, token)
+                    logits = await run(self._decode, ctx, token)
                 text = self.tokenizer.decode(ids, skip_special_tokens=True)
                 if len(text) > len(emitted) or len(ids) > len(streamed):
                     yield AnswerDelta(text[len(emitted) :], tuple(ids[len(streamed) :]))
@@ -210,19 +213,19 @@ class HFEngine:
                     total_s=time.perf_counter() - started,
                     finish_reason=finish,
                 )
-                await self._run(self._finish, ctx, checkpoint, request, text)
+                await run(self._finish, ctx, checkpoint, request, text)
                 checkpoint = None
                 yield AnswerDone(text, stats)
             except torch.OutOfMemoryError as exc:
                 raise EngineError(f"out of memory while answering: {exc}") from exc
             finally:
                 if checkpoint is not None:  # cancelled or failed: restore the context
-                    await asyncio.shield(self._run(ctx.kv.rollback, checkpoint))
+                    await asyncio.shield(run(ctx.kv.rollback, checkpoint))
 
     async def probe(self, session_id: str, question: str, t: float) -> float:
         ctx = self._ctx(session_id)
         async with ctx.request_lock:
-            return await self._run(self._probe, ctx, question, t)
+            return await self._run(self._probe, ctx, question, t, priority=PRIORITY["probe"])
 
     def context_budget(self) -> ContextBudget:
         """Each entry costs its timestamp and vision start/end beyond its kept tokens; the memory may fill the KV
@@ -253,8 +256,8 @@ class HFEngine:
         self._executor.shutdown(wait=True)
 
     # -- worker-thread internals ---------------------------------------------------------------------------
-    async def _run(self, fn: Any, *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+    async def _run(self, fn: Any, *args: Any, priority: int = 0) -> Any:
+        return await self._executor.run(priority, fn, *args)
 
     def _ctx(self, session_id: str) -> _SessionContext:
         try:

@@ -10,6 +10,7 @@ from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import HTTPConnection, Request
 
+from assistant.intake import MAX_STREAM_T
 from serving.errors import ServiceError
 from serving.schemas import ErrorResponse
 
@@ -30,9 +31,26 @@ def parse_time(value: Any) -> float:
         t = float(value)
     except (TypeError, ValueError):
         raise ServiceError(422, "invalid_time", f"frame time must be a number of seconds, got {value!r}") from None
-    if not (t >= 0 and t < float("inf")):
-        raise ServiceError(422, "invalid_time", f"frame time must be a finite number >= 0, got {value!r}")
+    if not 0 <= t <= MAX_STREAM_T:  # also refuses NaN and infinities
+        raise ServiceError(
+            422, "invalid_time", f"frame time must be a finite number in [0, {MAX_STREAM_T:g}] seconds, got {value!r}"
+        )
     return t
+
+
+MAX_SEQ = 2**53
+"""Largest event id a client may resume after (an event id is a sequence number; JSON keeps it exact)."""
+
+
+def parse_seq(value: str | None, what: str) -> int | None:
+    """An event id sent by a client (``Last-Event-ID``, ``?after``): ASCII digits, at most ``MAX_SEQ``;
+    ServiceError 422 ``invalid_request`` otherwise; None when absent."""
+    if value is None:
+        return None
+    text = value.strip()
+    if not (text.isascii() and text.isdigit() and len(text) <= 16 and int(text) <= MAX_SEQ):
+        raise ServiceError(422, "invalid_request", f"{what} must be an event id (an integer in [0, {MAX_SEQ}])")
+    return int(text)
 
 
 @contextlib.asynccontextmanager

@@ -8,8 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, Response
 
 from serving.deps import Owner, Service
-from serving.errors import ServiceError
-from serving.routes.common import ERRORS
+from serving.routes.common import ERRORS, MAX_SEQ, parse_seq
 from serving.schemas import MemoryView
 from serving.sse import KEEPALIVE, sse, sse_response
 
@@ -29,14 +28,12 @@ async def session_events(
     request: Request,
     who: Owner,
     service: Service,
-    after: Annotated[int | None, Query(ge=0, description="Resume after this event id.")] = None,
+    after: Annotated[int | None, Query(ge=0, le=MAX_SEQ, description="Resume after this event id.")] = None,
 ) -> Response:
     """Every session event as SSE with ``id`` = sequence number; ``Last-Event-ID`` resumes without a gap."""
-    last = request.headers.get("last-event-id")
+    last = parse_seq(request.headers.get("last-event-id"), "Last-Event-ID")
     if last is not None:
-        if not last.strip().isdigit():
-            raise ServiceError(422, "invalid_request", "Last-Event-ID must be an event id (an integer)")
-        after = int(last)
+        after = last
     stream = service.events(who, session_id, after or 0)
     first = await _first(stream)  # errors (404, 307) before the response starts
     return sse_response(_messages(first, stream))

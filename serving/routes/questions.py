@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 
-from assistant.events import SessionEvent
+from assistant.events import AnswerFinished, SessionEvent
 from serving.deps import Owner, Service
 from serving.errors import ServiceError
 from serving.questions import QueuedAnswer
@@ -26,6 +28,7 @@ router = APIRouter(prefix="/v1/sessions/{session_id}", tags=["questions"])
 )
 async def ask(
     session_id: str,
+    request: Request,
     body: Question,
     who: Owner,
     service: Service,
@@ -42,8 +45,31 @@ async def ask(
         temperature=body.temperature,
     )
     if not stream:
-        return AnswerView.of(await service.wait_answer(queued.future))
+        return AnswerView.of(await _answer_unless_gone(request, service, queued))
     return sse_response(_answer_stream(service, queued))
+
+
+async def _answer_unless_gone(request: Request, service: VigilService, queued: QueuedAnswer) -> AnswerFinished:
+    """The finished answer; a client that goes away before it cancels the answer (nobody would read it)."""
+    answer = asyncio.ensure_future(service.wait_answer(queued.future, queued.hosted))
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({answer, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+    if not answer.done():
+        queued.hosted.live.cancel(queued.answer_id)
+        answer.cancel()
+        with contextlib.suppress(BaseException):
+            await answer
+        raise ServiceError(499, "client_closed", "the client went away; the answer was cancelled")
+    return answer.result()
+
+
+async def _disconnected(request: Request) -> None:
+    """Return once the client has closed the connection (the body has been read already)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def _answer_message(answer_id: str, event: SessionEvent) -> bytes:

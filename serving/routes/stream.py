@@ -5,14 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from serving.auth import KeyRing, Unauthorized
 from serving.errors import ServiceError
-from serving.routes.common import parse_time
+from serving.routes.common import parse_seq, parse_time
 from serving.service import VigilService
 
+log = logging.getLogger(__name__)
 router = APIRouter()
 
 
@@ -24,6 +26,7 @@ async def stream(ws: WebSocket, session_id: str) -> None:
     try:
         who = keys.owner(ws.headers.get("authorization"), ws.query_params.get("api_key"))
         h = await service.get(who, session_id)
+        after = parse_seq(ws.query_params.get("after"), "after")
     except (Unauthorized, ServiceError) as exc:
         await ws.accept()
         code = getattr(exc, "code", "unauthorized")
@@ -31,13 +34,18 @@ async def stream(ws: WebSocket, session_id: str) -> None:
         await ws.close(code=1008)
         return
     await ws.accept()
-    after = ws.query_params.get("after")
-    cursor = int(after) if after and after.isdigit() else h.live.events.last_seq
+    cursor = after if after is not None else h.live.events.last_seq
 
     async def send_events() -> None:
-        async for event in service.events(who, session_id, cursor):
-            if event is not None:
-                await ws.send_json(event)
+        try:
+            async for event in service.events(who, session_id, cursor):
+                if event is not None:
+                    await ws.send_json(event)
+        except ServiceError as exc:  # the stream cannot go on (directory gone): say so, then close
+            await ws.send_json({"type": "error", "code": exc.code, "message": exc.message})
+        except Exception:
+            log.exception("event sender of %s failed", session_id)
+            await ws.send_json({"type": "error", "code": "internal", "message": "the event stream failed"})
         await ws.close()
 
     sender = asyncio.create_task(send_events())

@@ -12,7 +12,7 @@ from starlette.datastructures import UploadFile
 from serving.deps import Owner, Service
 from serving.errors import ServiceError
 from serving.routes.common import ERRORS, media_type, read_form
-from serving.schemas import ErrorResponse, VideoRequest, VideoView
+from serving.schemas import MAX_SPEED, MIN_SPEED, ErrorResponse, VideoRequest, VideoView
 from serving.uploads import UploadError, allowed_source, save_upload
 
 router = APIRouter(prefix="/v1/sessions/{session_id}", tags=["frames"])
@@ -49,8 +49,10 @@ async def play_video(
     server-side path/URL on the allow-list (JSON ``{"source": ...}``)."""
     await service.get(who, session_id)
     pace: str | float = speed if speed in ("realtime", "max") else float(speed)
-    if not (pace in ("realtime", "max") or (isinstance(pace, float) and 0 < pace <= 1000)):
-        raise ServiceError(422, "invalid_request", "speed must be realtime, max or a factor in (0, 1000]")
+    if isinstance(pace, float) and not MIN_SPEED <= pace <= MAX_SPEED:
+        raise ServiceError(
+            422, "invalid_request", f"speed must be realtime, max or a factor in [{MIN_SPEED:g}, {MAX_SPEED:g}]"
+        )
     content_type = media_type(request)
     max_bytes = service.limits.max_upload_bytes
     try:
@@ -58,7 +60,7 @@ async def play_video(
             try:
                 body = VideoRequest.model_validate_json(await request.body())
             except ValidationError as exc:
-                raise ServiceError(422, "invalid_request", str(exc).splitlines()[0]) from None
+                raise ServiceError(422, "invalid_request", _first_problem(exc)) from None
             source = allowed_source(body.source, service.config.server.video_allow)
             return await service.play(who, session_id, source, speed=body.speed)
         if content_type == "multipart/form-data":
@@ -72,6 +74,13 @@ async def play_video(
     except UploadError as exc:
         raise ServiceError(exc.status, exc.code, str(exc)) from None
     return await service.play(who, session_id, path, speed=pace, cleanup=path, label=name)
+
+
+def _first_problem(exc: ValidationError) -> str:
+    """The first validation problem as ``field: message``."""
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err.get("loc", ())) or "body"
+    return f"{where}: {err.get('msg')}"
 
 
 async def _save_multipart_video(request: Request, max_bytes: int) -> tuple[str, str]:

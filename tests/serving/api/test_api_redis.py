@@ -23,6 +23,7 @@ pytestmark = pytest.mark.slow
 class Worker:
     def __init__(self, model: Path, redis_url: str, worker_id: str, port: int, log: Path) -> None:
         self.url = f"http://127.0.0.1:{port}"
+        self.worker_id = worker_id
         self.args = [
             sys.executable,
             "-m",
@@ -92,11 +93,10 @@ def test_two_workers_share_the_directory_and_events_survive_a_restart(workers: A
         sid = ca.post("/v1/sessions", json={"fps": 2}).json()["id"]
         assert sid in [s["id"] for s in cb.get("/v1/sessions").json()["data"]]  # B sees A's session
 
-        r = cb.get(f"/v1/sessions/{sid}/memory")  # owned by A: B redirects there
-        assert r.status_code == 307 and r.headers["location"] == f"{a.url}/v1/sessions/{sid}/memory"
-        assert r.json()["error"]["code"] == "session_on_other_worker"
-        followed = tools.post_frame(cb, sid, tools.jpeg(0), 0, follow_redirects=True)
-        assert followed.status_code == 200 and followed.json()["accepted"] == 1
+        r = cb.get(f"/v1/sessions/{sid}/memory")  # owned by A: B forwards the request there
+        assert r.status_code == 200 and r.json()["id"] == sid and r.headers["x-vigil-forwarded-by"] == b.worker_id
+        forwarded = tools.post_frame(cb, sid, tools.jpeg(0), 0)
+        assert forwarded.status_code == 200 and forwarded.json()["accepted"] == 1
 
         for i in range(1, 6):
             tools.post_frame(ca, sid, tools.jpeg(i), i * 0.5)
