@@ -52,7 +52,9 @@ def test_the_checkpoints_are_qwen3_vl(qwen3) -> None:
         assert tok.convert_tokens_to_ids(special) != tok.unk_token_id
     # the layout's header and answer opening are what the chat template writes
     text = tok.apply_chat_template(
-        [{"role": "system", "content": "S"}, {"role": "user", "content": "Q"}], add_generation_prompt=True, tokenize=False
+        [{"role": "system", "content": "S"}, {"role": "user", "content": "Q"}],
+        add_generation_prompt=True,
+        tokenize=False,
     )
     assert text == qwen3.layout.header_text("S") + "Q<|im_end|>\n<|im_start|>assistant\n"
 
@@ -123,7 +125,7 @@ def test_positions_and_greedy_answers_equal_stock_generate(qwen3, real_clips) ->
         await session.start()
         updates = [u for f in frames if (u := session.ingest(f)) is not None]
         assert len(updates) == 3 and all(u.drop_ratio == 0 for u in updates)
-        deltas, done = await collect_answer(session.ask("what happened?", 3.0))
+        _, done = await collect_answer(session.ask("what happened?", 3.0))
         ctx = engine._sessions["s"]
         positions = torch.cat([r.positions for r in ctx.records.values() if r.kind != "text"], dim=1)
         await session.close()
@@ -189,7 +191,7 @@ def test_kept_tokens_carry_their_deepstack_features(qwen3, real_clips) -> None:
 
 def test_tiny_families_and_their_errors(tmp_path, vigil_home) -> None:
     assert ensure_tiny_model(family="qwen3-vl") == ensure_tiny_model(family="qwen3-vl")
-    with pytest.raises(ValueError, match="choose from qwen2.5-vl, qwen3-vl, qwen3-vl-moe"):
+    with pytest.raises(ValueError, match=r"choose from qwen2\.5-vl, qwen3-vl, qwen3-vl-moe"):
         build_tiny_model(tmp_path, family="qwen4")
     with pytest.raises(ModelLoadError, match="no tiny model 'tiny-qwen4'"):
         load_adapter("tiny-qwen4")
