@@ -1,0 +1,96 @@
+"""Qwen3-VL through the product: ``vigil make-tiny-model --family``, and a checkpoint built with stock transformers
+classes alone (not Vigil's builder) watched and answered by ``vigil watch``."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def vigil(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "serving.cli", *args], capture_output=True, text=True, timeout=600)
+
+
+def test_make_tiny_model_family(tmp_path, vigil_home) -> None:
+    from assistant.models.tiny import TINY_FAMILIES
+    from serving.cli.make import TINY_FAMILIES as CLI_FAMILIES
+
+    assert CLI_FAMILIES == TINY_FAMILIES
+    out = vigil("make-tiny-model", str(tmp_path / "moe"), "--family", "qwen3-vl-moe")
+    assert out.returncode == 0, out.stderr
+    config = json.loads((tmp_path / "moe" / "config.json").read_text())
+    assert config["model_type"] == "qwen3_vl_moe"
+    bad = vigil("make-tiny-model", str(tmp_path / "x"), "--family", "qwen9")
+    assert bad.returncode == 2 and "invalid choice: 'qwen9'" in bad.stderr
+    assert "Traceback" not in bad.stderr and not (tmp_path / "x").exists()
+
+
+def _stock_checkpoint(directory: Path, tokenizer_dir: Path) -> Path:
+    """A Qwen3-VL checkpoint of other sizes than Vigil's tiny one, written by stock classes only."""
+    import torch
+    from transformers import AutoTokenizer, Qwen3VLConfig, Qwen3VLForConditionalGeneration
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>")}
+    config = Qwen3VLConfig(
+        text_config={
+            "vocab_size": len(tokenizer),
+            "hidden_size": 96,
+            "intermediate_size": 192,
+            "num_hidden_layers": 3,
+            "num_attention_heads": 3,
+            "num_key_value_heads": 1,
+            "head_dim": 32,
+            "rope_parameters": {
+                "rope_type": "default",
+                "rope_theta": 5e6,
+                "mrope_section": [8, 4, 4],
+                "mrope_interleaved": True,
+            },
+        },
+        vision_config={
+            "depth": 3,
+            "hidden_size": 48,
+            "intermediate_size": 96,
+            "num_heads": 2,
+            "out_hidden_size": 96,
+            "num_position_embeddings": 144,
+            "deepstack_visual_indexes": [0, 1, 2],
+        },
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=tokenizer.convert_tokens_to_ids("<|vision_end|>"),
+    )
+    torch.manual_seed(3)
+    Qwen3VLForConditionalGeneration(config).save_pretrained(directory)
+    image_processor = Qwen2VLImageProcessorPil(
+        patch_size=16, merge_size=2, image_mean=[0.5] * 3, image_std=[0.5] * 3,
+        size={"shortest_edge": 64 * 64, "longest_edge": 32 * 32 * 48},
+    )  # fmt: skip
+    # what Qwen3VLProcessor.save_pretrained writes, less its video processor (which needs torchvision, absent here)
+    image_processor.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.mark.slow
+def test_a_stock_built_qwen3_vl_checkpoint_is_watched_and_answered(tmp_path, tiny_model_dir, real_clips) -> None:
+    checkpoint = _stock_checkpoint(tmp_path / "stock-qwen3-vl", tiny_model_dir)
+    assert not (checkpoint / "VIGIL_TINY_MODEL").exists()
+    out = vigil(
+        "watch", str(real_clips["bikes"]), "--model", str(checkpoint), "--fps", "2",
+        "--ask", "1.5:What is moving?", "--ask", "3:And now?", "--jsonl", "--max-new-tokens", "6",
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    events = [json.loads(line) for line in out.stdout.splitlines()]
+    answers = [e for e in events if e.get("type") == "answer"]
+    assert sorted(a["t"] for a in answers) == [1.5, 3.0]
+    assert all(isinstance(a["answer"], str) and a["cached_tokens"] > 0 for a in answers)
+    summary = events[-1]["summary"]
+    assert summary["frames"] > 0 and summary["memory_tokens"] <= summary["memory_budget"]
