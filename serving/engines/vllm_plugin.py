@@ -1,4 +1,5 @@
-"""vLLM general plugin: registers Vigil's kept-token Qwen-VL models with vLLM's model registry.
+"""vLLM general plugin: registers Vigil's kept-token Qwen-VL models (Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Qwen3-VL-MoE)
+with vLLM's model registry.
 
 vLLM loads every ``vllm.general_plugins`` entry point (``pyproject.toml``) in each of its processes (the
 in-process engine core, ``vllm serve`` and its workers), so installing Vigil beside vLLM is enough. The models
@@ -12,12 +13,16 @@ from __future__ import annotations
 KEPT_ARCHITECTURES: dict[str, str] = {
     "qwen2_vl": "VigilKeptQwen2VLForConditionalGeneration",
     "qwen2_5_vl": "VigilKeptQwen2_5_VLForConditionalGeneration",
+    "qwen3_vl": "VigilKeptQwen3VLForConditionalGeneration",
+    "qwen3_vl_moe": "VigilKeptQwen3VLMoeForConditionalGeneration",
 }
 """Model family -> the architecture name of its kept-token model."""
 
 _CLASSES = {
     "VigilKeptQwen2VLForConditionalGeneration": "serving.engines.vllm_kept:KeptQwen2VL",
     "VigilKeptQwen2_5_VLForConditionalGeneration": "serving.engines.vllm_kept:KeptQwen2_5_VL",
+    "VigilKeptQwen3VLForConditionalGeneration": "serving.engines.vllm_kept:KeptQwen3VL",
+    "VigilKeptQwen3VLMoeForConditionalGeneration": "serving.engines.vllm_kept:KeptQwen3VLMoe",
 }
 
 

@@ -1,0 +1,105 @@
+"""Qwen3-VL in vLLM with kept-token items (Vigil's plugin model, DeepStack rows): a real clip with the drop on
+answers through the vLLM engine exactly as through the transformers engine."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+pytest.importorskip("vllm", reason="vLLM is not installed here (the .ci/vllm environment has it)")
+
+from assistant.config import EngineConfig, VigilConfig
+from assistant.reaction import AnswerDelta, AnswerDone, AnswerRequest
+from assistant.session import Session
+from serving.engines.hf import HFEngine
+
+pytestmark = pytest.mark.vllm
+
+QUESTIONS = {5: "what is happening?", 11: "what changed?", 17: "is it moving?"}
+"""Frame index (2 fps) -> the question asked after it."""
+
+
+@pytest.fixture(scope="module")
+def qwen3_adapter(vigil_home):
+    from assistant.models import load_adapter
+
+    return load_adapter("tiny-qwen3-vl", device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def vllm_qwen3(qwen3_adapter, loop_thread):
+    """The in-process vLLM engine on the tiny Qwen3-VL with kept-token items."""
+    from serving.engines.vllm import VLLMEngine
+
+    config = EngineConfig(
+        kind="vllm",
+        max_new_tokens=10,
+        kv_cap_tokens=8192,
+        vllm={"visual_input": "kept", "max_model_len": 12288, "compaction_every": 4},
+    )
+    engine = VLLMEngine(qwen3_adapter, config, enforce_eager=True)
+    yield engine
+    loop_thread.run(engine.shutdown())
+
+
+async def _watch(engine, adapter, clip, sid: str) -> dict:
+    """Play the clip through a session (drop on) and ask at the QUESTIONS frames; what each engine saw."""
+    from assistant.sources import VideoFileSource
+
+    kind = "hf" if isinstance(engine, HFEngine) else "vllm"
+    config = VigilConfig(
+        perception={"fps": 2.0, "drop": {"mode": "pixel", "threshold": 0.2}},
+        memory={"budget_tokens": 4096, "archive": "none"},
+        engine=engine.config.model_copy(update={"kind": kind}),
+    )
+    session = Session(sid, config, adapter, engine)
+    await session.start()
+    answers, contexts = [], []
+    try:
+        with VideoFileSource(clip, fps=2.0) as source:
+            for i, frame in enumerate(source):
+                session.ingest(frame)
+                if i in QUESTIONS:
+                    await engine.sync(sid)
+                    contexts.append(engine.session_stats(sid).kv_tokens)
+                    ids, done = [], None
+                    async for event in engine.answer(sid, AnswerRequest(QUESTIONS[i], frame.t)):
+                        if isinstance(event, AnswerDelta):
+                            ids += event.token_ids
+                        elif isinstance(event, AnswerDone):
+                            done = event
+                    answers.append((ids, done))
+                if i == max(QUESTIONS):
+                    break
+        drop = session.perception.stats.weighted_drop_ratio
+        held = [e.num_tokens for e in session.memory.entries]
+    finally:
+        await session.close()
+    return {"answers": answers, "contexts": contexts, "drop": drop, "held": held}
+
+
+def test_qwen3_kept_tokens_answer_as_the_transformers_engine(qwen3_adapter, vllm_qwen3, loop_thread, real_clips):
+    clip = real_clips["bikes"]
+    hf = HFEngine(qwen3_adapter, vllm_qwen3.config)
+    want = asyncio.run(_watch(hf, qwen3_adapter, clip, "q3"))
+    asyncio.run(hf.shutdown())
+    got = loop_thread.run(_watch(vllm_qwen3, qwen3_adapter, clip, "q3"))
+
+    assert len(got["answers"]) == len(QUESTIONS)
+    assert got["held"] == want["held"]
+    for k, ((want_ids, want_done), (ids, done)) in enumerate(zip(want["answers"], got["answers"], strict=True)):
+        assert ids == want_ids and done.text == want_done.text, (k, got["contexts"], want["contexts"])
+        assert done.stats.finish_reason == want_done.stats.finish_reason
+    assert got["contexts"] == want["contexts"]
+    print(
+        f"qwen3 kept: drop {got['drop']:.2f}, contexts {got['contexts']}, answers {[len(a[0]) for a in got['answers']]}"
+    )
+    assert got["drop"] > 0.1, got["drop"]  # the drop removed tokens: kept items are subsets of their grids
+
+
+def test_qwen3_whole_grid_embeds_are_refused_clearly(qwen3_adapter) -> None:
+    from serving.engines._context import SegmentContext
+
+    with pytest.raises(ValueError, match=r"DeepStack features .* use visual_input 'kept'"):
+        SegmentContext(qwen3_adapter, EngineConfig(kind="vllm"), "embeds")
