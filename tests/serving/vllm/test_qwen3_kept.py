@@ -43,11 +43,11 @@ def vllm_qwen3(qwen3_adapter, loop_thread):
     loop_thread.run(engine.shutdown())
 
 
-async def _watch(engine, adapter, clip, sid: str) -> dict:
+async def _watch(engine, adapter, clip, sid: str, remember: bool = True) -> dict:
     """Play the clip through a session (drop on) and ask at the QUESTIONS frames; what each engine saw."""
     from assistant.sources import VideoFileSource
 
-    kind = "hf" if isinstance(engine, HFEngine) else "vllm"
+    kind = "hf" if isinstance(engine, HFEngine) else engine.config.kind
     config = VigilConfig(
         perception={"fps": 2.0, "drop": {"mode": "pixel", "threshold": 0.2}},
         memory={"budget_tokens": 4096, "archive": "none"},
@@ -64,7 +64,7 @@ async def _watch(engine, adapter, clip, sid: str) -> dict:
                     await engine.sync(sid)
                     contexts.append(engine.session_stats(sid).kv_tokens)
                     ids, done = [], None
-                    async for event in engine.answer(sid, AnswerRequest(QUESTIONS[i], frame.t)):
+                    async for event in engine.answer(sid, AnswerRequest(QUESTIONS[i], frame.t, remember=remember)):
                         if isinstance(event, AnswerDelta):
                             ids += event.token_ids
                         elif isinstance(event, AnswerDone):
@@ -96,6 +96,34 @@ def test_qwen3_kept_tokens_answer_as_the_transformers_engine(qwen3_adapter, vllm
         f"qwen3 kept: drop {got['drop']:.2f}, contexts {got['contexts']}, answers {[len(a[0]) for a in got['answers']]}"
     )
     assert got["drop"] > 0.1, got["drop"]  # the drop removed tokens: kept items are subsets of their grids
+
+
+def test_the_remote_engine_sends_qwen3_kept_items_to_vllm_serve(
+    qwen3_adapter, vllm_server_qwen3, loop_thread, real_clips
+):
+    """The same stream through ``vllm serve`` of Qwen3-VL with the plugin: DeepStack rows over HTTP answer as the
+    transformers engine (questions not remembered: the server tokenizes rendered chat text whole)."""
+    from serving.engines.remote import RemoteEngine
+
+    config = EngineConfig(
+        kind="remote",
+        max_new_tokens=10,
+        kv_cap_tokens=8192,
+        vllm={"visual_input": "kept"},
+        remote={"urls": [vllm_server_qwen3], "served_model": "tiny-served", "timeout_s": 120, "retries": 1},
+    )
+    clip = real_clips["bikes"]
+    hf = HFEngine(qwen3_adapter, config)
+    want = asyncio.run(_watch(hf, qwen3_adapter, clip, "q3-remote", remember=False))
+    asyncio.run(hf.shutdown())
+    remote = RemoteEngine(qwen3_adapter, config)
+    got = loop_thread.run(_watch(remote, qwen3_adapter, clip, "q3-remote", remember=False))
+    loop_thread.run(remote.shutdown())
+
+    assert got["held"] == want["held"] and len(got["answers"]) == len(QUESTIONS)
+    for (want_ids, want_done), (ids, done) in zip(want["answers"], got["answers"], strict=True):
+        assert ids == want_ids and done.text == want_done.text
+    assert got["contexts"] == want["contexts"]
 
 
 def test_qwen3_whole_grid_embeds_are_refused_clearly(qwen3_adapter) -> None:
