@@ -195,3 +195,15 @@ def test_tiny_families_and_their_errors(tmp_path, vigil_home) -> None:
         build_tiny_model(tmp_path, family="qwen4")
     with pytest.raises(ModelLoadError, match="no tiny model 'tiny-qwen4'"):
         load_adapter("tiny-qwen4")
+
+
+@pytest.mark.parametrize(("preset", "billions"), [("qwen3-vl-8b", 8.77), ("qwen3-vl-30b-a3b", 31.07)])
+def test_real_size_presets_have_the_published_parameter_counts(vigil_home, preset: str, billions: float) -> None:
+    from assistant.models.presets import build_random_adapter
+
+    adapter = build_random_adapter(preset, device="meta")  # shapes only: no memory, no compute
+    assert adapter.family == ("qwen3_vl_moe" if "a3b" in preset else "qwen3_vl") and adapter.deepstack_levels == 3
+    assert adapter.geometry.token_px == 32
+    assert round(sum(p.numel() for p in adapter.model.parameters()) / 1e9, 2) == billions
+    with pytest.raises(ValueError, match=r"unknown preset 'qwen3-vl-9b'; choose from .*qwen3-vl-30b-a3b"):
+        build_random_adapter("qwen3-vl-9b")
