@@ -291,16 +291,12 @@ class HFEngine:
         """Embeddings [n, D] of records in a row, with their DeepStack features joined."""
         parts = [self._embed(r) for r in records]
         embeds = torch.cat([e for e, _ in parts])  # [n, D]
-        stacks = [(r.visual, d) for r, (_, d) in zip(records, parts, strict=True)]
-        if all(d is None for _, d in stacks):
+        stacks = [d for _, d in parts]
+        if all(d is None for d in stacks):
             return embeds, None
-        mask = torch.cat(
-            [
-                v if v is not None else torch.zeros(r.num_tokens(), dtype=torch.bool)
-                for r, (v, _) in zip(records, stacks, strict=True)
-            ]
-        )
-        levels = torch.cat([d[1] for _, d in stacks if d is not None], dim=1)  # [L, sum K, D]
+        no_levels = [torch.zeros(r.num_tokens(), dtype=torch.bool) for r in records]
+        mask = torch.cat([d[0] if d is not None else z for d, z in zip(stacks, no_levels, strict=True)])  # [n]
+        levels = torch.cat([d[1] for d in stacks if d is not None], dim=1)  # [L, sum K, D]
         return embeds, (mask, levels)
 
     @torch.inference_mode()

@@ -96,11 +96,11 @@ def test_encode_is_deepstack_rows_step_by_step(qwen3) -> None:
         split_visual(rows[:, :-1], d)
 
 
-def _session(adapter, steps: int) -> tuple[HFEngine, Session, VigilConfig]:
+def _session(adapter, reuse_kv: bool = True) -> tuple[HFEngine, Session, VigilConfig]:
     config = VigilConfig(
         perception={"fps": 2.0, "drop": {"mode": "pixel", "threshold": 0.0}},  # drop off: every token kept
         memory={"budget_tokens": 4096},
-        engine={"max_new_tokens": 8, "kv_cap_tokens": 8192},
+        engine={"max_new_tokens": 8, "kv_cap_tokens": 8192, "reuse_kv": reuse_kv},
     )
     engine = HFEngine(adapter, config.engine)
     return engine, Session("s", config, adapter, engine), config
@@ -119,9 +119,9 @@ def _stock_layout(adapter, config: VigilConfig, entries: list, grid: tuple[int, 
 def test_positions_and_greedy_answers_equal_stock_generate(qwen3, real_clips) -> None:
     """Drop off: the engine's positions equal stock get_rope_index and its greedy answer equals stock generate."""
     frames = _clip_frames(real_clips, 6)
-    engine, session, config = _session(qwen3, 3)
 
-    async def run():
+    async def run(reuse_kv: bool = True):
+        engine, session, config = _session(qwen3, reuse_kv)
         await session.start()
         updates = [u for f in frames if (u := session.ingest(f)) is not None]
         assert len(updates) == 3 and all(u.drop_ratio == 0 for u in updates)
@@ -130,9 +130,11 @@ def test_positions_and_greedy_answers_equal_stock_generate(qwen3, real_clips) ->
         positions = torch.cat([r.positions for r in ctx.records.values() if r.kind != "text"], dim=1)
         await session.close()
         await engine.shutdown()
-        return updates, done, positions
+        return updates, done, positions, session, config
 
-    updates, done, positions = asyncio.run(run())
+    updates, done, positions, session, config = asyncio.run(run())
+    # the baseline that re-prefills the whole context in one pass (DeepStack joined over segments) answers alike
+    assert asyncio.run(run(reuse_kv=False))[1].text == done.text
     entries = list(session.memory.entries)
     assert [e.embeddings.shape[1] for e in entries] == [qwen3.hidden_size * 3] * 3  # DeepStack rode along
     gh, gw = updates[0].grid
