@@ -49,7 +49,7 @@ def qwen3_text_config(vocab_size: int, ids: dict[str, int], *, moe: bool) -> dic
     }
     if moe:
         text.update(
-            num_experts=4, num_experts_per_tok=2, moe_intermediate_size=64, decoder_sparse_step=1, mlp_only_layers=[]
+            num_experts=4, num_experts_per_tok=2, moe_intermediate_size=48, decoder_sparse_step=1, mlp_only_layers=[]
         )
     return text
 
@@ -68,6 +68,20 @@ def qwen3_vision_config() -> dict[str, Any]:
         "num_position_embeddings": 64,
         "deepstack_visual_indexes": [0, 1],
     }
+
+
+def published_expert_layout(path: Path) -> None:
+    """Store the fused expert weights as published Qwen3-VL-MoE checkpoints do (gate_up [E, H, 2I], down [E, I, H]).
+
+    transformers 5 holds them transposed and converts on load (either layout loads there; the sizes are chosen so
+    2I != H, which tells them apart), but writes its own layout back, which vLLM's loader does not take."""
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(path)
+    for name, value in tensors.items():
+        if name.endswith(("mlp.experts.gate_up_proj", "mlp.experts.down_proj")):
+            tensors[name] = value.transpose(1, 2).contiguous()
+    save_file(tensors, path, metadata={"format": "pt"})
 
 
 def build_tiny_qwen3(directory: Path, seed: int = 0, *, moe: bool = False) -> Path:
@@ -97,6 +111,8 @@ def build_tiny_qwen3(directory: Path, seed: int = 0, *, moe: bool = False) -> Pa
         do_sample=False,
     )
     model.save_pretrained(directory)
+    if moe:
+        published_expert_layout(directory / "model.safetensors")
     tokenizer.save_pretrained(directory)
     (directory / "preprocessor_config.json").write_text(json.dumps(QWEN3_PREPROCESSOR, indent=2))
     kind = "Qwen3-VL-MoE" if moe else "Qwen3-VL"

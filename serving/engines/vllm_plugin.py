@@ -10,6 +10,8 @@ in process, ``--hf-overrides`` on ``vllm serve``). This module itself imports no
 
 from __future__ import annotations
 
+from typing import Any
+
 KEPT_ARCHITECTURES: dict[str, str] = {
     "qwen2_vl": "VigilKeptQwen2VLForConditionalGeneration",
     "qwen2_5_vl": "VigilKeptQwen2_5_VLForConditionalGeneration",
@@ -26,10 +28,18 @@ _CLASSES = {
 }
 
 
-def hf_overrides(family: str) -> dict[str, list[str]]:
+CONFIG_OVERRIDES: dict[str, dict[str, Any]] = {
+    # vLLM 0.32's Qwen3-VL-MoE reads text_config.norm_topk_prob, which transformers 5's config no longer has;
+    # transformers' Qwen3-VL-MoE always renormalises the top-k router weights, so True is the same model
+    "qwen3_vl_moe": {"text_config": {"norm_topk_prob": True}},
+}
+"""Model family -> config values vLLM needs beside the architecture."""
+
+
+def hf_overrides(family: str) -> dict[str, Any]:
     """The ``hf_overrides`` that point a checkpoint of ``family`` at its kept-token model."""
     try:
-        return {"architectures": [KEPT_ARCHITECTURES[family]]}
+        return {"architectures": [KEPT_ARCHITECTURES[family]], **CONFIG_OVERRIDES.get(family, {})}
     except KeyError:
         raise ValueError(
             f"kept-token items are implemented for {sorted(KEPT_ARCHITECTURES)}, not {family!r}; "

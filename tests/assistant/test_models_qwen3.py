@@ -43,6 +43,7 @@ def test_the_checkpoints_are_qwen3_vl(qwen3) -> None:
     if qwen3.family == "qwen3_vl_moe":
         text = config["text_config"]
         assert text.get("num_experts", text.get("num_local_experts")) == 4 and text["num_experts_per_tok"] == 2
+        _check_published_expert_layout(qwen3)
     g = qwen3.geometry
     assert (g.patch_size, g.token_px, g.mean, g.std) == (16, 32, (0.5,) * 3, (0.5,) * 3)
     assert qwen3.deepstack_levels == 2
@@ -57,6 +58,20 @@ def test_the_checkpoints_are_qwen3_vl(qwen3) -> None:
         tokenize=False,
     )
     assert text == qwen3.layout.header_text("S") + "Q<|im_end|>\n<|im_start|>assistant\n"
+
+
+def _check_published_expert_layout(adapter) -> None:
+    """The MoE file holds the published expert layout, and loads back into exactly the model that was built."""
+    from safetensors import safe_open
+    from transformers import Qwen3VLMoeForConditionalGeneration
+
+    with safe_open(Path(adapter.name) / "model.safetensors", "pt") as f:
+        down = next(k for k in f.keys() if k.endswith("mlp.experts.down_proj"))  # noqa: SIM118
+        assert tuple(f.get_slice(down).get_shape()) == (4, 48, 128)  # [E, I, H]
+    torch.manual_seed(0)
+    built = Qwen3VLMoeForConditionalGeneration(adapter.model.config)
+    loaded = dict(adapter.model.named_parameters())
+    assert all(torch.equal(p, loaded[name]) for name, p in built.named_parameters())
 
 
 @pytest.mark.parametrize("size", [(64, 96), (128, 64), (40, 300)])

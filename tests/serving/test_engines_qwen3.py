@@ -94,3 +94,23 @@ def test_a_stock_built_qwen3_vl_checkpoint_is_watched_and_answered(tmp_path, tin
     assert all(isinstance(a["answer"], str) and a["cached_tokens"] > 0 for a in answers)
     summary = events[-1]["summary"]
     assert summary["frames"] > 0 and summary["memory_tokens"] <= summary["memory_budget"]
+
+
+def test_vllm_overrides_and_visual_inputs_for_qwen3(vigil_home) -> None:
+    """What the vLLM and remote engines are told for Qwen3-VL (no vLLM needed): the kept-token architectures, the
+    MoE config value vLLM 0.32 reads, and whole-grid embeds refused (they would lose DeepStack)."""
+    from assistant.config import EngineConfig
+    from assistant.models import load_adapter
+    from serving.engines._context import SegmentContext
+    from serving.engines.vllm_plugin import hf_overrides
+
+    assert hf_overrides("qwen3_vl") == {"architectures": ["VigilKeptQwen3VLForConditionalGeneration"]}
+    assert hf_overrides("qwen3_vl_moe") == {
+        "architectures": ["VigilKeptQwen3VLMoeForConditionalGeneration"],
+        "text_config": {"norm_topk_prob": True},
+    }
+    adapter = load_adapter("tiny-qwen3-vl", device="cpu")
+    kept = SegmentContext(adapter, EngineConfig(kind="vllm"), "kept")
+    assert kept.layout.stamp_text(2.0) == "<2.0 seconds>"
+    with pytest.raises(ValueError, match=r"DeepStack features .* use visual_input 'kept'"):
+        SegmentContext(adapter, EngineConfig(kind="vllm"), "embeds")

@@ -1,9 +1,11 @@
-"""Qwen3-VL in vLLM with kept-token items (Vigil's plugin model, DeepStack rows): a real clip with the drop on
-answers through the vLLM engine exactly as through the transformers engine."""
+"""Qwen3-VL (dense and MoE) in vLLM with kept-token items (Vigil's plugin models, DeepStack rows): a real clip with
+the drop on answers through the vLLM engine, and through ``vllm serve`` with the remote engine, exactly as through
+the transformers engine."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 
 import pytest
 
@@ -20,16 +22,21 @@ QUESTIONS = {5: "what is happening?", 11: "what changed?", 17: "is it moving?"}
 """Frame index (2 fps) -> the question asked after it."""
 
 
-@pytest.fixture(scope="module")
-def qwen3_adapter(vigil_home):
+@functools.cache
+def _adapter(family: str):
     from assistant.models import load_adapter
 
-    return load_adapter("tiny-qwen3-vl", device="cpu", dtype="float32")
+    return load_adapter(f"tiny-{family}", device="cpu", dtype="float32")
 
 
 @pytest.fixture(scope="module")
-def vllm_qwen3(qwen3_adapter, loop_thread):
-    """The in-process vLLM engine on the tiny Qwen3-VL with kept-token items."""
+def qwen3_adapter(vigil_home):
+    return _adapter("qwen3-vl")
+
+
+@pytest.fixture(scope="module", params=["qwen3-vl", "qwen3-vl-moe"])
+def vllm_qwen3(request, vigil_home, loop_thread):
+    """The in-process vLLM engine on the tiny Qwen3-VL (dense, then MoE) with kept-token items."""
     from serving.engines.vllm import VLLMEngine
 
     config = EngineConfig(
@@ -38,7 +45,7 @@ def vllm_qwen3(qwen3_adapter, loop_thread):
         kv_cap_tokens=8192,
         vllm={"visual_input": "kept", "max_model_len": 12288, "compaction_every": 4},
     )
-    engine = VLLMEngine(qwen3_adapter, config, enforce_eager=True)
+    engine = VLLMEngine(_adapter(request.param), config, enforce_eager=True)
     yield engine
     loop_thread.run(engine.shutdown())
 
@@ -79,12 +86,13 @@ async def _watch(engine, adapter, clip, sid: str, remember: bool = True) -> dict
     return {"answers": answers, "contexts": contexts, "drop": drop, "held": held}
 
 
-def test_qwen3_kept_tokens_answer_as_the_transformers_engine(qwen3_adapter, vllm_qwen3, loop_thread, real_clips):
+def test_qwen3_kept_tokens_answer_as_the_transformers_engine(vllm_qwen3, loop_thread, real_clips):
+    adapter = vllm_qwen3.adapter
     clip = real_clips["bikes"]
-    hf = HFEngine(qwen3_adapter, vllm_qwen3.config)
-    want = asyncio.run(_watch(hf, qwen3_adapter, clip, "q3"))
+    hf = HFEngine(adapter, vllm_qwen3.config)
+    want = asyncio.run(_watch(hf, adapter, clip, "q3"))
     asyncio.run(hf.shutdown())
-    got = loop_thread.run(_watch(vllm_qwen3, qwen3_adapter, clip, "q3"))
+    got = loop_thread.run(_watch(vllm_qwen3, adapter, clip, "q3"))
 
     assert len(got["answers"]) == len(QUESTIONS)
     assert got["held"] == want["held"]
@@ -92,9 +100,8 @@ def test_qwen3_kept_tokens_answer_as_the_transformers_engine(qwen3_adapter, vllm
         assert ids == want_ids and done.text == want_done.text, (k, got["contexts"], want["contexts"])
         assert done.stats.finish_reason == want_done.stats.finish_reason
     assert got["contexts"] == want["contexts"]
-    print(
-        f"qwen3 kept: drop {got['drop']:.2f}, contexts {got['contexts']}, answers {[len(a[0]) for a in got['answers']]}"
-    )
+    lengths = [len(ids) for ids, _ in got["answers"]]
+    print(f"{adapter.family} kept: drop {got['drop']:.2f}, contexts {got['contexts']}, answers {lengths}")
     assert got["drop"] > 0.1, got["drop"]  # the drop removed tokens: kept items are subsets of their grids
 
 
@@ -124,10 +131,3 @@ def test_the_remote_engine_sends_qwen3_kept_items_to_vllm_serve(
     for (want_ids, want_done), (ids, done) in zip(want["answers"], got["answers"], strict=True):
         assert ids == want_ids and done.text == want_done.text
     assert got["contexts"] == want["contexts"]
-
-
-def test_qwen3_whole_grid_embeds_are_refused_clearly(qwen3_adapter) -> None:
-    from serving.engines._context import SegmentContext
-
-    with pytest.raises(ValueError, match=r"DeepStack features .* use visual_input 'kept'"):
-        SegmentContext(qwen3_adapter, EngineConfig(kind="vllm"), "embeds")
