@@ -204,6 +204,12 @@ def test_kept_tokens_carry_their_deepstack_features(qwen3, real_clips) -> None:
     assert entry.nbytes < entry.embeddings.numel() * 4 + entry.features.numel() * 4  # features are a view
     pruned = entry.select(torch.tensor([0]))
     assert torch.equal(pruned.embeddings[0], entry.embeddings[0]) and pruned.features.shape == (1, qwen3.hidden_size)
+    from memory.archive import deserialize_entry, serialize_entry
+
+    data = serialize_entry(entry)
+    back = deserialize_entry(data)  # the archive stores the rows once and the features as their view
+    assert len(data) < entry.embeddings.numel() * 4 + entry.features.numel() * 4
+    assert torch.equal(back.embeddings, entry.embeddings) and back.nbytes == entry.nbytes
 
 
 def test_tiny_families_and_their_errors(tmp_path, vigil_home) -> None:
