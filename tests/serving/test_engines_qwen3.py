@@ -114,3 +114,52 @@ def test_vllm_overrides_and_visual_inputs_for_qwen3(vigil_home) -> None:
     assert kept.layout.stamp_text(2.0) == "<2.0 seconds>"
     with pytest.raises(ValueError, match=r"DeepStack features .* use visual_input 'kept'"):
         SegmentContext(adapter, EngineConfig(kind="vllm"), "embeds")
+
+
+def test_the_remote_engine_sends_deepstack_rows_of_kept_tokens(vigil_home, real_clips) -> None:
+    """A real clip (drop on) through the remote engine on Qwen3-VL: each part carries the entry's kept rows whole
+    (embedding and DeepStack levels), its kept count and offsets; the texts are Qwen3-VL's timestamps."""
+    import asyncio
+
+    import torch
+
+    from assistant.config import VigilConfig
+    from assistant.models import load_adapter
+    from assistant.reaction import AnswerRequest
+    from assistant.session import Session
+    from assistant.sources.files import VideoFileSource
+    from serving.engines.remote import RemoteEngine
+    from tests.serving.test_remote_engine import FakeReplica, _decode_tensor
+    from tests.support import collect_answer
+
+    adapter = load_adapter("tiny-qwen3-vl", device="cpu")
+    replica = FakeReplica().start()
+    config = VigilConfig(
+        perception={"fps": 2.0, "drop": {"mode": "feature", "drop_ratio": 0.5}},
+        memory={"budget_tokens": 4096, "archive": "none"},
+        engine={"kind": "remote", "max_new_tokens": 4, "remote": {"urls": [replica.url], "served_model": "tiny-served"}},
+    )
+
+    async def run():
+        engine = RemoteEngine(adapter, config.engine)
+        session = Session("r", config, adapter, engine)
+        await session.start()
+        for frame in VideoFileSource(real_clips["bikes"], fps=2.0, end=3.0):
+            session.ingest(frame)
+        _, done = await collect_answer(engine.answer("r", AnswerRequest("what now?", 3.0)))
+        await engine.shutdown()
+        return session.memory.entries, done
+
+    try:
+        entries, done = asyncio.run(run())
+    finally:
+        replica.stop()
+    content = replica.requests[-1]["messages"][1]["content"]
+    parts = [p["image_embeds"] for p in content if p["type"] == "image_embeds"]
+    assert done.text and len(parts) == len(entries) == 3
+    for payload, entry in zip(parts, entries, strict=True):
+        rows = _decode_tensor(payload["image_embeds"])  # [K, 3D]
+        assert rows.shape == (entry.num_tokens, 3 * adapter.hidden_size) and torch.equal(rows, entry.embeddings)
+        assert payload["image_num_tokens"] == [entry.num_tokens]
+    stamps = [p["text"] for p in content if p["type"] == "text"][: len(entries)]
+    assert stamps == [f"<{e.t_start:.1f} seconds>" for e in entries]
