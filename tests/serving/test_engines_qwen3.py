@@ -134,11 +134,11 @@ def test_the_remote_engine_sends_deepstack_rows_of_kept_tokens(vigil_home, real_
 
     adapter = load_adapter("tiny-qwen3-vl", device="cpu")
     replica = FakeReplica().start()
-    SERVED = "tiny-served"  # the fake replica's model name
+    served = "tiny-served"  # the fake replica's model name
     config = VigilConfig(
         perception={"fps": 2.0, "drop": {"mode": "feature", "drop_ratio": 0.5}},
         memory={"budget_tokens": 4096, "archive": "none"},
-        engine={"kind": "remote", "max_new_tokens": 4, "remote": {"urls": [replica.url], "served_model": SERVED}},
+        engine={"kind": "remote", "max_new_tokens": 4, "remote": {"urls": [replica.url], "served_model": served}},
     )
 
     async def run():
