@@ -15,6 +15,7 @@ def vigil(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "serving.cli", *args], capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_make_tiny_model_family(tmp_path, vigil_home) -> None:
     from assistant.models.tiny import TINY_FAMILIES
     from serving.cli.make import TINY_FAMILIES as CLI_FAMILIES
