@@ -231,14 +231,17 @@ class Perception:
 
         # 3. drop against the last kept value at each position
         t0 = time.perf_counter()
-        # values: [N, T*3*px*px] pixels or [N, D] embeddings
-        values = pixel_token_values(x, self.geometry.token_px) if self.config.drop.mode == "pixel" else embeddings
+        # values: [N, T*3*px*px] pixels or [N, D] embeddings (without Qwen3-VL's DeepStack levels)
+        main = _main_embeddings(embeddings, getattr(self.adapter, "deepstack_levels", 0))
+        values = pixel_token_values(x, self.geometry.token_px) if self.config.drop.mode == "pixel" else main
         result = self.dropper.step(values)
         kept = result.kept_indices
         positions = vision_positions(step, gh, gw, self.time_interval)[:, kept]  # [3, K]
         kept_embeddings = embeddings[kept] if embeddings is not None else None
         features = (
-            kept_embeddings if kept_embeddings is not None else pixel_descriptors(x, self.geometry.token_px)[kept]
+            _main_embeddings(kept_embeddings, getattr(self.adapter, "deepstack_levels", 0))
+            if kept_embeddings is not None
+            else pixel_descriptors(x, self.geometry.token_px)[kept]
         )
         timings["drop"] = time.perf_counter() - t0
 
@@ -267,3 +270,10 @@ class Perception:
 def _as_uint8_frames(x: torch.Tensor) -> torch.Tensor:
     """[T, 3, H, W] in [0, 1] -> [T, H, W, 3] uint8."""
     return (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+
+def _main_embeddings(embeddings: torch.Tensor | None, levels: int) -> torch.Tensor | None:
+    """[N, D] the visual embeddings of rows [N, D * (1 + levels)] (a view; the rows themselves when levels = 0)."""
+    if embeddings is None or levels == 0:
+        return embeddings
+    return embeddings[:, : embeddings.shape[1] // (1 + levels)]

@@ -13,6 +13,21 @@ def _check_integer(name: str, value: torch.Tensor) -> torch.Tensor:
     return value.long()
 
 
+def _leading_view(features: torch.Tensor | None, embeddings: torch.Tensor | None) -> int | None:
+    """C when ``features`` [K, C] is the view ``embeddings[:, :C]`` of [K, D'] rows, else None."""
+    if features is None or embeddings is None or features.ndim != 2 or embeddings.ndim != 2:
+        return None
+    same = (
+        features.device == embeddings.device
+        and features.dtype == embeddings.dtype
+        and features.shape[0] == embeddings.shape[0]
+        and features.shape[1] < embeddings.shape[1]
+        and features.data_ptr() == embeddings.data_ptr()
+        and features.stride() == embeddings.stride()
+    )
+    return int(features.shape[1]) if same else None
+
+
 @dataclass(slots=True)
 class MemoryEntry:
     """The kept tokens of one temporal step (or of several pooled steps)."""
@@ -29,9 +44,11 @@ class MemoryEntry:
     positions: torch.Tensor
     """[3, K] long: original M-RoPE (t, h, w) positions of the kept tokens."""
     embeddings: torch.Tensor | None = None
-    """[K, D] visual embeddings the engine feeds."""
+    """[K, D] visual embeddings the engine feeds; [K, D * (1 + L)] for models with DeepStack (Qwen3-VL): each
+    row holds the token's embedding, then its L vision-layer features, so they follow the kept tokens as one."""
     features: torch.Tensor | None = None
-    """[K, C] vectors the policies compare (embeddings are used when None)."""
+    """[K, C] vectors the policies compare (embeddings are used when None); may be a leading-column view of
+    ``embeddings`` (the embedding part of DeepStack rows)."""
     round: int = 0
     """Dialogue round at insertion."""
     pooled_from: tuple[int, ...] = ()
@@ -66,9 +83,9 @@ class MemoryEntry:
 
     @property
     def nbytes(self) -> int:
-        """Bytes of all tensors (a tensor shared by embeddings and features counts once)."""
+        """Bytes of all tensors (features shared with or viewed from the embeddings count once)."""
         tensors = [self.token_indices, self.positions, self.embeddings, self.frames]
-        if self.features is not self.embeddings:
+        if self.features is not self.embeddings and _leading_view(self.features, self.embeddings) is None:
             tensors.append(self.features)
         return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
@@ -86,17 +103,24 @@ class MemoryEntry:
             if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= k):
                 raise ValueError(f"keep indices must lie in [0, {k}), got {idx.min()}..{idx.max()}")
         shared = self.features is self.embeddings
+        view = None if shared else _leading_view(self.features, self.embeddings)
 
         def take(value: torch.Tensor | None) -> torch.Tensor | None:
             return None if value is None else value[idx.to(value.device)]
 
         embeddings = take(self.embeddings)
+        if shared:
+            features = embeddings
+        elif view is not None:  # keep the features a view of the selected rows
+            features = embeddings[:, :view]
+        else:
+            features = take(self.features)
         return replace(
             self,
             token_indices=self.token_indices[idx.to(self.token_indices.device)],
             positions=self.positions[:, idx.to(self.positions.device)],
             embeddings=embeddings,
-            features=embeddings if shared else take(self.features),
+            features=features,
         )
 
 

@@ -48,13 +48,17 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 
 def load_adapter(name: str, *, device: str = "auto", dtype: str = "auto", **hub_kwargs: Any) -> VisionLanguageAdapter:
-    """Load a vision-language checkpoint (a Hugging Face id, a local directory, or ``tiny``)."""
+    """Load a vision-language checkpoint (a Hugging Face id, a local directory, ``tiny``, or ``tiny-<family>``
+    such as ``tiny-qwen3-vl``)."""
     from transformers import AutoConfig
 
-    if name == TINY_MODEL_NAME:
-        from assistant.models.tiny import ensure_tiny_model
+    if name == TINY_MODEL_NAME or name.startswith(f"{TINY_MODEL_NAME}-"):
+        from assistant.models.tiny import TINY_FAMILIES, ensure_tiny_model
 
-        name = str(ensure_tiny_model())
+        family_name = name[len(TINY_MODEL_NAME) + 1 :] or None
+        if family_name is not None and family_name not in TINY_FAMILIES:
+            raise ModelLoadError(f"no tiny model {name!r}; choose tiny or tiny-{' / tiny-'.join(TINY_FAMILIES)}")
+        name = str(ensure_tiny_model(family=family_name or TINY_FAMILIES[0]))
     try:
         config = AutoConfig.from_pretrained(name, **hub_kwargs)
     except (OSError, ValueError) as exc:
@@ -65,10 +69,12 @@ def load_adapter(name: str, *, device: str = "auto", dtype: str = "auto", **hub_
         raise ModelLoadError(
             f"model {name!r} is a {family!r} checkpoint; supported families: {', '.join(supported_families())}"
         )
+    from assistant.models.qwen3_vl import Qwen3VLAdapter
     from assistant.models.qwen_vl import QwenVLAdapter
 
     dev = resolve_device(device)
-    return QwenVLAdapter.from_pretrained(name, family, device=dev, dtype=resolve_dtype(dtype, dev), **hub_kwargs)
+    cls = Qwen3VLAdapter if family in Qwen3VLAdapter.FAMILIES else QwenVLAdapter
+    return cls.from_pretrained(name, family, device=dev, dtype=resolve_dtype(dtype, dev), **hub_kwargs)
 
 
 __all__ = [

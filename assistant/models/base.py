@@ -27,6 +27,8 @@ class VisionLanguageAdapter(Protocol):
     token_ids: VisionTokenIds
     layout: PromptLayout
     """The prompt layout every engine builds its context from."""
+    deepstack_levels: int
+    """Feature levels appended to each visual token by ``encode`` (Qwen3-VL's DeepStack; 0 for others)."""
 
     @property
     def device(self) -> torch.device: ...
@@ -44,7 +46,8 @@ class VisionLanguageAdapter(Protocol):
         ...
 
     def encode(self, patches: torch.Tensor, grid_thw: tuple[int, int, int]) -> torch.Tensor:
-        """Visual tokens [grid_t * grid_h/m * grid_w/m, hidden] for patches from ``preprocess.patchify``."""
+        """Visual tokens [grid_t * grid_h/m * grid_w/m, hidden * (1 + deepstack_levels)] for patches from
+        ``preprocess.patchify`` (the main embedding first, then each DeepStack level)."""
         ...
 
     def embed_text(self, input_ids: torch.Tensor) -> torch.Tensor:

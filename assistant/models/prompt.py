@@ -27,8 +27,11 @@ class VisionTokenIds:
     video_pad: int
 
 
-QWEN_VL_FAMILIES = ("qwen2_vl", "qwen2_5_vl")
+QWEN_VL_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")
 """Families that frame each image with vision start/end tokens."""
+STAMP_FORMATS = {"qwen3_vl": "<{t:.1f} seconds>", "qwen3_vl_moe": "<{t:.1f} seconds>"}
+"""Families with a native timestamp before each frame (Qwen3-VL's video prompts); others use ``DEFAULT_STAMP``."""
+DEFAULT_STAMP = "<{t:.1f}s>"
 ANSWER_OPEN = "<|im_end|>\n<|im_start|>assistant\n"
 """What closes the user turn after the question and opens the assistant's answer."""
 PROBE_SUFFIX = " Answer yes or no."
@@ -62,6 +65,8 @@ class PromptLayout:
     token_ids: VisionTokenIds
     image_placeholder: tuple[int, ...]
     """Token ids that stand for one image in a token prompt (the server expands its image token)."""
+    stamp_format: str = DEFAULT_STAMP
+    """How the stream time before a visual segment is written (``{t}`` in seconds)."""
     yes_ids: tuple[int, ...] = field(init=False)
     """First-token ids of 'Yes' spellings (probes)."""
     no_ids: tuple[int, ...] = field(init=False)
@@ -84,7 +89,7 @@ class PromptLayout:
                 kind = getattr(model_config, "model_type", "?")
                 raise PromptLayoutError(f"cannot tell the image token of a {kind!r} checkpoint")
             placeholder = (int(token),)
-        return cls(tokenizer, family, token_ids, placeholder)
+        return cls(tokenizer, family, token_ids, placeholder, STAMP_FORMATS.get(family, DEFAULT_STAMP))
 
     # -- tokens ----------------------------------------------------------------------------------------------
     def ids(self, text: str) -> list[int]:
@@ -101,10 +106,9 @@ class PromptLayout:
         return self.ids(self.header_text(system_prompt))
 
     # -- visual segments -------------------------------------------------------------------------------------
-    @staticmethod
-    def stamp_text(t: float) -> str:
-        """The stream time before a visual segment, e.g. ``<12.0s>``."""
-        return f"<{t:.1f}s>"
+    def stamp_text(self, t: float) -> str:
+        """The stream time before a visual segment, e.g. ``<12.0s>`` (Qwen3-VL: ``<12.0 seconds>``)."""
+        return self.stamp_format.format(t=t)
 
     def stamp_ids(self, t: float) -> list[int]:
         return self.ids(self.stamp_text(t))

@@ -1,4 +1,5 @@
-"""Adapter for the Qwen2-VL and Qwen2.5-VL families (any size), loaded through ``from_pretrained``."""
+"""Adapter for the Qwen2-VL and Qwen2.5-VL families (any size), loaded through ``from_pretrained``; the base of the
+Qwen3-VL adapter (``qwen3_vl.py``)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,14 @@ import torch
 
 from assistant.models.base import VisionTokenIds
 from assistant.models.preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, VisualGeometry
-from assistant.models.prompt import QWEN_VL_FAMILIES, PromptLayout
+from assistant.models.prompt import PromptLayout
 
 log = logging.getLogger(__name__)
 
-QWEN_FAMILIES = QWEN_VL_FAMILIES
+QWEN2_FAMILIES = ("qwen2_vl", "qwen2_5_vl")
+QWEN3_FAMILIES = ("qwen3_vl", "qwen3_vl_moe")
+QWEN_FAMILIES = QWEN2_FAMILIES + QWEN3_FAMILIES
+"""Every family an adapter of this package loads."""
 
 
 def _model_class(family: str) -> type:
@@ -23,11 +27,20 @@ def _model_class(family: str) -> type:
     return {
         "qwen2_vl": transformers.Qwen2VLForConditionalGeneration,
         "qwen2_5_vl": transformers.Qwen2_5_VLForConditionalGeneration,
+        "qwen3_vl": transformers.Qwen3VLForConditionalGeneration,
+        "qwen3_vl_moe": transformers.Qwen3VLMoeForConditionalGeneration,
     }[family]
 
 
-def read_geometry(name: str, vision_config: Any, **hub_kwargs: Any) -> VisualGeometry:
-    """Geometry from the checkpoint's ``preprocessor_config.json``, falling back to its vision config."""
+def read_geometry(
+    name: str,
+    vision_config: Any,
+    *,
+    default_norm: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
+    **hub_kwargs: Any,
+) -> VisualGeometry:
+    """Geometry from the checkpoint's ``preprocessor_config.json``, falling back to its vision config (and to
+    ``default_norm`` = (mean, std), CLIP's when None)."""
     from transformers.utils import cached_file
 
     data: dict[str, Any] = {}
@@ -36,23 +49,31 @@ def read_geometry(name: str, vision_config: Any, **hub_kwargs: Any) -> VisualGeo
         with open(path, encoding="utf-8") as fh:
             data = json.load(fh)
     size = data.get("size") or {}
+    mean, std = default_norm or (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
+    token_px = int(data.get("patch_size", vision_config.patch_size)) * int(
+        data.get("merge_size", vision_config.spatial_merge_size)
+    )
     return VisualGeometry(
         patch_size=int(data.get("patch_size", vision_config.patch_size)),
         merge_size=int(data.get("merge_size", vision_config.spatial_merge_size)),
         temporal_patch_size=int(data.get("temporal_patch_size", vision_config.temporal_patch_size)),
-        min_pixels=int(data.get("min_pixels", size.get("shortest_edge", 56 * 56))),
-        max_pixels=int(data.get("max_pixels", size.get("longest_edge", 28 * 28 * 1280))),
-        mean=tuple(data.get("image_mean", OPENAI_CLIP_MEAN)),
-        std=tuple(data.get("image_std", OPENAI_CLIP_STD)),
+        min_pixels=int(data.get("min_pixels", size.get("shortest_edge", 4 * token_px * token_px))),
+        max_pixels=int(data.get("max_pixels", size.get("longest_edge", token_px * token_px * 1280))),
+        mean=tuple(data.get("image_mean", mean)),
+        std=tuple(data.get("image_std", std)),
     )
 
 
 class QwenVLAdapter:
     """A Qwen2-VL / Qwen2.5-VL checkpoint: vision tower, M-RoPE positions, tokenizer and language model."""
 
+    FAMILIES: tuple[str, ...] = QWEN2_FAMILIES
+    deepstack_levels: int = 0
+    """Vision-layer feature levels appended to each visual token (Qwen3-VL's DeepStack; none here)."""
+
     def __init__(self, name: str, family: str, model: Any, tokenizer: Any, geometry: VisualGeometry) -> None:
-        if family not in QWEN_FAMILIES:
-            raise ValueError(f"QwenVLAdapter handles {QWEN_FAMILIES}, not {family!r}")
+        if family not in self.FAMILIES:
+            raise ValueError(f"{type(self).__name__} handles {self.FAMILIES}, not {family!r}")
         self.name = name
         self.family = family
         self.model = model
@@ -78,8 +99,11 @@ class QwenVLAdapter:
         model = _model_class(family).from_pretrained(name, dtype=dtype, **hub_kwargs)
         model.to(device).eval()
         tokenizer = AutoTokenizer.from_pretrained(name, **hub_kwargs)
-        geometry = read_geometry(name, model.config.vision_config, **hub_kwargs)
+        geometry = read_geometry(name, model.config.vision_config, default_norm=cls.DEFAULT_NORM, **hub_kwargs)
         return cls(name, family, model, tokenizer, geometry)
+
+    DEFAULT_NORM: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+    """(mean, std) when the checkpoint has no preprocessor config (None: CLIP's)."""
 
     @property
     def device(self) -> torch.device:

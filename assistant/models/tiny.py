@@ -1,4 +1,7 @@
-"""A tiny random-weight Qwen2.5-VL with an offline tokenizer: the test model, built once and cached on disk.
+"""Tiny random-weight Qwen-VL models with an offline tokenizer: the test models, built once and cached on disk.
+
+``qwen2.5-vl`` is the default test model; ``qwen3-vl`` and ``qwen3-vl-moe`` are Qwen3-VL (DeepStack, 16-px
+patches, interleaved M-RoPE, its chat template) dense and mixture-of-experts.
 
 It is saved with ``save_pretrained`` and loaded back through the same ``from_pretrained`` path as any real
 checkpoint, so everything that runs on it runs unchanged on a real model.
@@ -31,6 +34,11 @@ SPECIAL_TOKENS = (
     "<|video_pad|>",
 )
 
+TINY_FAMILIES = ("qwen2.5-vl", "qwen3-vl", "qwen3-vl-moe")
+"""Families ``build_tiny_model`` writes (the first is the default test model)."""
+QWEN3_SPECIAL_TOKENS = ("<tool_call>", "</tool_call>", "<think>", "</think>")
+"""Special tokens a Qwen3-VL tokenizer has beyond Qwen2.5-VL's."""
+
 # Qwen2-VL's chat template: messages whose content is a string or a list of text/image/video parts.
 CHAT_TEMPLATE = (
     "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
@@ -49,6 +57,24 @@ CHAT_TEMPLATE = (
     "<|vision_start|><|video_pad|><|vision_end|>"
     "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
     "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+# Qwen3-VL Instruct's chat template (without tools): no default system turn, the same vision framing.
+QWEN3_CHAT_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}"
+    "{% if add_vision_id %}Picture {{ image_count.value }}: {% endif %}"
+    "<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}"
+    "{% set video_count.value = video_count.value + 1 %}"
+    "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}"
+    "<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
 _WORDS = (
@@ -77,7 +103,7 @@ def _corpus(lines: int = 4000, seed: int = 0) -> list[str]:
     return out
 
 
-def build_tokenizer(vocab_size: int = 1024):
+def build_tokenizer(vocab_size: int = 1024, *, extra_special: tuple[str, ...] = (), chat_template: str = CHAT_TEMPLATE):
     """Byte-level BPE trained on generated text, wrapped as a Qwen2 tokenizer with Qwen's special tokens."""
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import Qwen2Tokenizer
@@ -104,14 +130,20 @@ def build_tokenizer(vocab_size: int = 1024):
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
         unk_token=None,
-        extra_special_tokens=list(SPECIAL_TOKENS),
+        extra_special_tokens=[*SPECIAL_TOKENS, *extra_special],
     )
-    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.chat_template = chat_template
     return tokenizer
 
 
-def build_tiny_model(directory: str | os.PathLike, seed: int = 0) -> Path:
-    """Write a deterministic tiny Qwen2.5-VL checkpoint (model, tokenizer, preprocessor config) to ``directory``."""
+def build_tiny_model(directory: str | os.PathLike, seed: int = 0, family: str = TINY_FAMILIES[0]) -> Path:
+    """Write a deterministic tiny checkpoint of ``family`` (model, tokenizer, preprocessor config) to ``directory``."""
+    if family not in TINY_FAMILIES:
+        raise ValueError(f"no tiny model of family {family!r}; choose from {', '.join(TINY_FAMILIES)}")
+    if family != TINY_FAMILIES[0]:
+        from assistant.models.tiny_qwen3 import build_tiny_qwen3
+
+        return build_tiny_qwen3(Path(directory), seed, moe=family == "qwen3-vl-moe")
     import torch
     from transformers import GenerationConfig, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
@@ -181,16 +213,19 @@ def build_tiny_model(directory: str | os.PathLike, seed: int = 0) -> Path:
     return directory
 
 
-def ensure_tiny_model(cache_dir: str | os.PathLike | None = None) -> Path:
-    """Path of the cached tiny model, building it first if needed (atomic; safe with concurrent builders)."""
+def ensure_tiny_model(cache_dir: str | os.PathLike | None = None, family: str = TINY_FAMILIES[0]) -> Path:
+    """Path of the cached tiny model of ``family``, building it first if needed (atomic; safe with concurrent
+    builders)."""
+    if family not in TINY_FAMILIES:
+        raise ValueError(f"no tiny model of family {family!r}; choose from {', '.join(TINY_FAMILIES)}")
     root = Path(cache_dir) if cache_dir else default_cache_dir()
-    target = root / f"tiny-qwen2.5-vl-v{TINY_VERSION}"
+    target = root / f"tiny-{family}-v{TINY_VERSION}"
     if (target / "VIGIL_TINY_MODEL").exists():
         return target
     root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".tiny-", dir=root))
     try:
-        build_tiny_model(staging)
+        build_tiny_model(staging, family=family)
         try:
             staging.rename(target)
         except OSError:

@@ -16,9 +16,10 @@ rejected with an ``EngineError``. Texts and special tokens come from the adapter
 
 Visual items come in three forms (``visual_input``):
 
-- ``kept``: the entry's kept tokens only, [K, D] embeddings with their (t, h, w) offsets in the item, for the
-  kept-token models of ``serving.engines.vllm_kept`` (the same positions as the transformers engine). A Prune
-  leaves the item's tokens until the next compaction, which rebuilds the item (new uuid) like a removal.
+- ``kept``: the entry's kept tokens only, [K, D] embeddings (Qwen3-VL: [K, D * (1 + L)] with the DeepStack
+  levels) with their (t, h, w) offsets in the item, for the kept-token models of ``serving.engines.vllm_kept``
+  (the same positions as the transformers engine). A Prune leaves the item's tokens until the next compaction,
+  which rebuilds the item (new uuid) like a removal.
 - ``embeds``: the entry's whole token grid with its grid (t=1, h, w), which gives stock vLLM's M-RoPE the exact
   (h, w) positions; tokens the differential drop removed are filled with the latest kept value at the same
   position (the drop's own premise: they did not change). A Prune leaves the item as it is.
@@ -141,6 +142,11 @@ class SegmentContext:
             raise ValueError(f"visual_input must be 'kept', 'embeds' or 'frames', got {visual_input!r}")
         if visual_input == "kept":
             hf_overrides(adapter.family)  # a clear error for a family without a kept-token model
+        if visual_input == "embeds" and getattr(adapter, "deepstack_levels", 0):
+            raise ValueError(
+                f"visual_input 'embeds' cannot carry {adapter.family}'s DeepStack features (stock vLLM takes "
+                "embeddings of the model width only); use visual_input 'kept'"
+            )
         self.adapter = adapter
         self.config = config
         self.visual_input = visual_input

@@ -32,6 +32,7 @@ import torch
 from assistant.config import EngineConfig
 from assistant.jobs import PRIORITY
 from assistant.models.base import VisionLanguageAdapter
+from assistant.models.qwen3_vl import split_visual
 from assistant.reaction import (
     AddEntry,
     AnswerDelta,
@@ -50,6 +51,9 @@ from memory.store import ContextBudget, Evict, MemoryEntry, Pool, Prune
 from serving.engines.scheduler import PriorityExecutor
 
 log = logging.getLogger(__name__)
+
+_DeepStack = tuple[torch.Tensor, torch.Tensor]
+"""DeepStack input of a forward: [n] bool mask of the visual tokens, and [L, K, D] features at them."""
 
 
 class _HeapTrimmer:
@@ -76,7 +80,7 @@ class _Record:
     kind: str
     ids: torch.Tensor  # [n] long
     visual: torch.Tensor | None = None  # [n] bool: positions filled by `embeddings`
-    embeddings: torch.Tensor | None = None  # [K, D]
+    embeddings: torch.Tensor | None = None  # [K, D * (1 + L)]: DeepStack levels after the embedding (Qwen3-VL)
     rows: torch.Tensor | None = None  # [K] long grid rows of the visual tokens
     cols: torch.Tensor | None = None  # [K] long grid cols
     positions: torch.Tensor | None = None  # [3, n] long, set when laid out
@@ -276,32 +280,59 @@ class HFEngine:
     def _ids(self, text: str) -> torch.Tensor:
         return torch.tensor(self.layout.ids(text), dtype=torch.long)
 
-    def _embed(self, record: _Record) -> torch.Tensor:
+    def _embed(self, record: _Record) -> tuple[torch.Tensor, _DeepStack | None]:
+        """Input embeddings [n, D] of a record, and its DeepStack features at the visual tokens (Qwen3-VL)."""
         embeds = self.adapter.embed_text(record.ids)  # [n, D]
-        if record.visual is not None:
-            embeds = embeds.clone()
-            embeds[record.visual.to(embeds.device)] = record.embeddings.to(embeds.device, embeds.dtype)
-        return embeds
+        if record.visual is None:
+            return embeds, None
+        main, levels = split_visual(record.embeddings, embeds.shape[1])  # [K, D], [L, K, D] | None
+        embeds = embeds.clone()
+        embeds[record.visual.to(embeds.device)] = main.to(embeds.device, embeds.dtype)
+        return embeds, None if levels is None else (record.visual, levels)
+
+    def _embed_all(self, records: Sequence[_Record]) -> tuple[torch.Tensor, _DeepStack | None]:
+        """Embeddings [n, D] of records in a row, with their DeepStack features joined."""
+        parts = [self._embed(r) for r in records]
+        embeds = torch.cat([e for e, _ in parts])  # [n, D]
+        stacks = [d for _, d in parts]
+        if all(d is None for d in stacks):
+            return embeds, None
+        no_levels = [torch.zeros(r.num_tokens(), dtype=torch.bool) for r in records]
+        mask = torch.cat([d[0] if d is not None else z for d, z in zip(stacks, no_levels, strict=True)])  # [n]
+        levels = torch.cat([d[1] for d in stacks if d is not None], dim=1)  # [L, sum K, D]
+        return embeds, (mask, levels)
 
     @torch.inference_mode()
-    def _forward(self, ctx: _SessionContext, embeds: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        # embeds: [n, D]; positions: [3, n] -> logits of the last token [V]
+    def _forward(
+        self, ctx: _SessionContext, embeds: torch.Tensor, positions: torch.Tensor, deepstack: _DeepStack | None = None
+    ) -> torch.Tensor:
+        # embeds: [n, D]; positions: [3, n]; deepstack: ([n] bool mask, [L, K, D]) -> logits of the last token [V]
         lm = self.model.model.language_model
         ctx.prefilled_tokens += embeds.shape[0]
+        extra: dict[str, Any] = {}
+        if deepstack is not None:  # added to the first L layers' hidden states at the visual tokens
+            mask, levels = deepstack
+            extra["visual_pos_masks"] = mask.unsqueeze(0).to(embeds.device)  # [1, n]
+            extra["deepstack_visual_embeds"] = list(levels.to(embeds.device, embeds.dtype).unbind(0))  # L x [K, D]
         out = lm(
             inputs_embeds=embeds.unsqueeze(0),
             position_ids=positions.unsqueeze(1).to(embeds.device),
             past_key_values=ctx.kv.cache,
             use_cache=True,
+            **extra,
         )
         return self.model.lm_head(out.last_hidden_state[:, -1]).float()[0]
 
     def _append(self, ctx: _SessionContext, segment_id: str, record: _Record) -> torch.Tensor:
         record.positions, ctx.cursor = record.layout(ctx.cursor)
         with ctx.kv.append(segment_id, record.kind, record.num_tokens()):
-            logits = self._forward(ctx, self._embed(record), record.positions)
+            logits = self._forward(ctx, *self._with_positions(record))
         ctx.records[segment_id] = record
         return logits
+
+    def _with_positions(self, record: _Record) -> tuple[torch.Tensor, torch.Tensor, _DeepStack | None]:
+        embeds, deepstack = self._embed(record)
+        return embeds, record.positions, deepstack
 
     def _visual_record(self, entry: MemoryEntry) -> _Record:
         if entry.embeddings is None:
@@ -412,11 +443,11 @@ class HFEngine:
             ctx.cursor = 0
             for _, record in records:
                 record.positions, ctx.cursor = record.layout(ctx.cursor)
-        embeds = torch.cat([self._embed(r) for _, r in records])
+        embeds, deepstack = self._embed_all([r for _, r in records])
         positions = torch.cat([r.positions for _, r in records], dim=1)
         total = embeds.shape[0]
         with ctx.kv.append("__rebuild__", "rebuild", total):
-            self._forward(ctx, embeds, positions)
+            self._forward(ctx, embeds, positions, deepstack)
         ctx.kv.split_last([(sid, r.kind, r.num_tokens()) for sid, r in records])
         ctx.records.update(records)
 
@@ -445,7 +476,7 @@ class HFEngine:
         if n > ctx.kv.room():
             raise EngineError(f"the request needs {n} more tokens; only {ctx.kv.room()} fit under the KV cap")
         record.positions, ctx.temp_cursor = record.layout(ctx.temp_cursor)
-        return self._forward(ctx, self._embed(record), record.positions), n
+        return self._forward(ctx, *self._with_positions(record)), n
 
     def _decode(self, ctx: _SessionContext, token: int) -> torch.Tensor:
         if ctx.kv.room() < 1:

@@ -1,4 +1,5 @@
-"""Kept-token visual items for vLLM's Qwen2-VL and Qwen2.5-VL (out-of-tree models, loaded by vLLM only).
+"""Kept-token visual items for vLLM's Qwen2-VL, Qwen2.5-VL and Qwen3-VL (dense and MoE) (out-of-tree models,
+loaded by vLLM only).
 
 Registered by ``serving.engines.vllm_plugin`` (a ``vllm.general_plugins`` entry point); imported by vLLM's model
 registry when a checkpoint is pointed at ``VigilKept...ForConditionalGeneration``. The classes subclass vLLM's
@@ -10,19 +11,22 @@ What they add: an ``image_embeds`` item may carry two extra fields,
 - ``image_num_tokens``: [1] long, N, the number of kept tokens of the item;
 - ``image_positions``: [N, 3] long, each kept token's (t, h, w) M-RoPE offset inside the item,
 
-with ``image_embeds`` [N, D] holding only the kept tokens and ``image_grid_thw`` the step's whole grid (in
-patches, as usual). Kept items are batched fields (in process: lists of per-item tensors), not flat ones: a flat
-field's every element carries the slices of all items, which makes each request's serialization to the engine
-core quadratic in the number of items. The prompt then holds N placeholder tokens for the item, the item's
-tokens take the positions ``offset + start`` where ``start`` is where a whole grid would start (the previous
-position + 1), and the text after it continues at the item's largest position + 1: exactly how the
-transformers engine places kept tokens. Prefix caching hashes the item by its uuid as for any item.
+with ``image_embeds`` [N, D] holding only the kept tokens (Qwen3-VL: [N, D * (1 + L)], each row the token's
+embedding and then its L DeepStack features, vLLM's own layout of Qwen3-VL embeddings) and ``image_grid_thw`` the
+step's whole grid (in patches, as usual). Kept items are batched fields (in process: lists of per-item tensors), not
+flat ones: a flat field's every element carries the slices of all items, which makes each request's serialization to
+the engine core quadratic in the number of items. The prompt then holds N placeholder tokens for the item, the
+item's tokens take the positions ``offset + start`` where ``start`` is where a whole grid would start (the previous
+position + 1), and the text after it continues at the item's largest position + 1: exactly how the transformers
+engine places kept tokens. Prefix caching hashes the item by its uuid as for any item.
 
 vLLM internals this depends on (vLLM 0.32; ``tests/serving/vllm/test_kept_plugin.py`` fails if they move):
 ``Qwen2VLMultiModalDataParser`` (``embedding_fields``, ``embedding_field_sets``, ``DictEmbeddingItems``),
 ``_create_qwen2vl_field_factory``, ``BaseMultiModalProcessor._get_mm_fields_config`` / ``_get_prompt_updates``,
 ``PromptReplacement.replacement``, ``SupportsMRoPE.get_mrope_input_positions(input_tokens, mm_features)`` and
-``iter_mm_grid_thw``, and ``embed_multimodal(**kwargs)`` returning one tensor per item.
+``iter_mm_grid_thw``, and ``embed_multimodal(**kwargs)`` returning one tensor per item; for Qwen3-VL also
+``Qwen3VLMultiModalDataParser.embedding_fields``, ``Qwen3VLProcessingInfo._get_expected_hidden_size`` (D, which
+would refuse DeepStack rows) and ``embed_input_ids`` splitting rows into ``visual_dim`` + ``multiscale_dim``.
 """
 
 from __future__ import annotations
@@ -47,6 +51,14 @@ from vllm.model_executor.models.qwen2_vl import (
     Qwen2VLProcessingInfo,
     _create_qwen2vl_field_factory,
 )
+from vllm.model_executor.models.qwen3_vl import (
+    Qwen3VLDummyInputsBuilder,
+    Qwen3VLForConditionalGeneration,
+    Qwen3VLMultiModalDataParser,
+    Qwen3VLMultiModalProcessor,
+    Qwen3VLProcessingInfo,
+)
+from vllm.model_executor.models.qwen3_vl_moe import Qwen3VLMoeForConditionalGeneration, Qwen3VLMoeProcessingInfo
 from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm.multimodal.inputs import MultiModalFieldConfig
 from vllm.multimodal.parse import DictEmbeddingItems
@@ -217,3 +229,77 @@ class KeptQwen2VL(_KeptModelMixin, Qwen2VLForConditionalGeneration):
 )
 class KeptQwen2_5_VL(_KeptModelMixin, Qwen2_5_VLForConditionalGeneration):
     """vLLM's Qwen2.5-VL with kept-token image items."""
+
+
+# -- Qwen3-VL (dense and MoE) ----------------------------------------------------------------------------------
+class KeptQwen3DataParser(KeptDataParser):
+    """The kept-token parser with Qwen3-VL's video fields (frame timestamps)."""
+
+    embedding_fields: ClassVar[Mapping[str, Mapping[str, Any]]] = {
+        **KeptDataParser.embedding_fields,
+        "video": Qwen3VLMultiModalDataParser.embedding_fields["video"],
+    }
+
+
+class _KeptQwen3InfoMixin:
+    """Embeddings are rows of the embedding and its DeepStack levels: D * (1 + L) wide, not D."""
+
+    def get_data_parser(self) -> KeptQwen3DataParser:
+        return KeptQwen3DataParser(
+            self.get_hf_config().vision_config.spatial_merge_size,
+            video_needs_metadata=True,
+            expected_hidden_size=self._get_expected_hidden_size(),
+            allow_missing_mm_embeddings=self.allow_missing_mm_embeddings,
+        )
+
+    def _get_expected_hidden_size(self) -> int | None:
+        width = super()._get_expected_hidden_size()
+        levels = len(getattr(self.get_hf_config().vision_config, "deepstack_visual_indexes", ()) or ())
+        return None if width is None else width * (1 + levels)
+
+
+class KeptQwen3VLInfo(_KeptQwen3InfoMixin, Qwen3VLProcessingInfo):
+    pass
+
+
+class KeptQwen3VLMoeInfo(_KeptQwen3InfoMixin, Qwen3VLMoeProcessingInfo):
+    pass
+
+
+class KeptQwen3VLProcessor(_KeptProcessorMixin, Qwen3VLMultiModalProcessor):
+    pass
+
+
+class _KeptQwen3ModelMixin(_KeptModelMixin):
+    """Qwen3-VL's positions for stock items (frames after their timestamps); kept items take their offsets."""
+
+    def _relative_positions(self, feature: Any) -> np.ndarray:
+        data = feature.data
+        if data is not None and POSITIONS not in data and "image_grid_thw" in data:
+            _, h, w = (int(v) for v in torch.as_tensor(data["image_grid_thw"].data).reshape(-1))
+            m = self.config.vision_config.spatial_merge_size
+            return np.indices((1, h // m, w // m)).reshape(3, -1)  # a whole image, as Qwen3-VL places it
+        if data is None or POSITIONS not in data:
+            raise ValueError("kept-token image items cannot be combined with videos in one Qwen3-VL prompt")
+        return super()._relative_positions(feature)
+
+    def get_mrope_input_positions(self, input_tokens: list[int], mm_features: list[Any]) -> tuple[torch.Tensor, int]:
+        if not any(f.data is not None and POSITIONS in f.data for f in mm_features):
+            return self._get_mrope_input_positions(
+                input_tokens=input_tokens, mm_features=mm_features, config=self.config
+            )
+        return super().get_mrope_input_positions(input_tokens, mm_features)
+
+
+@MULTIMODAL_REGISTRY.register_processor(
+    KeptQwen3VLProcessor, info=KeptQwen3VLInfo, dummy_inputs=Qwen3VLDummyInputsBuilder
+)
+class KeptQwen3VL(_KeptQwen3ModelMixin, Qwen3VLForConditionalGeneration):
+    """vLLM's Qwen3-VL with kept-token image items (DeepStack rows)."""
+
+
+@MULTIMODAL_REGISTRY.register_processor(
+    KeptQwen3VLProcessor, info=KeptQwen3VLMoeInfo, dummy_inputs=Qwen3VLDummyInputsBuilder
+)
+class KeptQwen3VLMoe(_KeptQwen3ModelMixin, Qwen3VLMoeForConditionalGeneration):
+    """vLLM's Qwen3-VL-MoE with kept-token image items (DeepStack rows)."""

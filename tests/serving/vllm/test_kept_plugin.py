@@ -37,9 +37,9 @@ def test_the_entry_point_registers_the_kept_models() -> None:
     load_general_plugins()
     archs = set(ModelRegistry.get_supported_archs())
     assert set(KEPT_ARCHITECTURES.values()) <= archs
-    from serving.engines.vllm_kept import KeptQwen2_5_VL, KeptQwen2VL
+    from serving.engines.vllm_kept import KeptQwen2_5_VL, KeptQwen2VL, KeptQwen3VL, KeptQwen3VLMoe
 
-    for cls in (KeptQwen2VL, KeptQwen2_5_VL):
+    for cls in (KeptQwen2VL, KeptQwen2_5_VL, KeptQwen3VL, KeptQwen3VLMoe):
         assert "_processor_factory" in cls.__dict__  # our processor, not the parent's
 
 

@@ -1,4 +1,5 @@
-"""Loads transformers' Qwen2-VL and Pixtral image processor modules without torchvision (CPU tests only).
+"""Loads transformers' Qwen2-VL and Pixtral image processor modules, and the Qwen-VL processors (Qwen3-VL's too),
+without torchvision (CPU tests only).
 
 PyPI has no CPU build of torchvision that imports beside the CPU torch, and vLLM's Qwen2-VL / Qwen2.5-VL and LLaVA
 model modules import torchvision image processors of transformers at import time. In the vLLM test environment this
@@ -47,16 +48,25 @@ class _Loader(importlib.abc.Loader):
 _PROCESSORS = {
     "transformers.models.qwen2_vl.processing_qwen2_vl": "Qwen2VLProcessor",
     "transformers.models.qwen2_5_vl.processing_qwen2_5_vl": "Qwen2_5_VLProcessor",
+    "transformers.models.qwen3_vl.processing_qwen3_vl": "Qwen3VLProcessor",
 }
 
 
 class _NoVideoProcessor:
-    """Stands in for the torchvision video processor: takes no options, refuses videos."""
+    """Stands in for the torchvision video processor: takes no options, refuses videos; has the image processor's
+    geometry and the stock frame-sampling defaults (vLLM's Qwen3-VL reads them to size its profiling)."""
 
-    def __init__(self) -> None:
+    fps = 2.0
+    min_frames = 4
+    max_frames = 768
+
+    def __init__(self, image_processor: object = None) -> None:
         from transformers.processing_utils import VideosKwargs
 
         self.valid_kwargs = VideosKwargs
+        for name in ("size", "patch_size", "merge_size", "temporal_patch_size", "image_mean", "image_std"):
+            if hasattr(image_processor, name):
+                setattr(self, name, getattr(image_processor, name))
 
     def __call__(self, *args: object, **kwargs: object) -> None:
         raise RuntimeError("videos need torchvision, which this CPU test environment does not have")
@@ -74,7 +84,7 @@ def _without_video(cls: type) -> None:
         kwargs.update(zip(names, args, strict=False))  # sub-processors arrive in get_attributes order
         kwargs.pop("video_processor", None)
         init(self, *args[len(names) :], **kwargs)
-        self.video_processor = _NoVideoProcessor()
+        self.video_processor = _NoVideoProcessor(getattr(self, "image_processor", None))
 
     cls.get_attributes = classmethod(get_attributes)
     cls.__init__ = __init__
