@@ -16,13 +16,13 @@ from assistant.orchestrator import Orchestrator
 from serving.auth import KeyRing
 from serving.directory import SessionDirectory, make_directory
 from serving.limits import BodyLimitMiddleware
-from serving.routes import events, frames, health, openai, questions, sessions, stream, video
+from serving.routes import docs, events, frames, health, openai, questions, sessions, stream, video
 from serving.routes.errors import add_error_handlers
 from serving.schemas import ErrorResponse
 from serving.service import VigilService
 
 SESSION_PATH = r"/v1/sessions/[^/]+"
-ROUTERS = (health, sessions, frames, stream, video, questions, events, openai)
+ROUTERS = (health, sessions, frames, stream, video, questions, events, openai, docs)
 """The route modules, in the order their operations appear in the OpenAPI schema."""
 
 Mount = Callable[[FastAPI, VigilService, VigilConfig, KeyRing], None]
@@ -59,6 +59,8 @@ def create_app(
         version="0.1.0",
         description="A video-LLM that watches live video, keeps a bounded memory and answers at any moment.",
         lifespan=lifespan,
+        docs_url=None,  # serving.routes.docs serves Swagger UI from a package, not a CDN
+        redoc_url=None,
         responses={401: {"model": ErrorResponse}},
     )
     app.state.service = service

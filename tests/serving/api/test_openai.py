@@ -137,7 +137,8 @@ def test_errors_take_openai_shape(api: Any, client: OpenAI, served: str) -> None
     with pytest.raises(openai.BadRequestError, match="last message must be the user"):
         client.chat.completions.create(model=served, messages=[{"role": "assistant", "content": "hi"}])
     with api.client() as c:  # the raw body: message, type, param, code
-        r = c.post("/v1/chat/completions", json={"model": served, "messages": [{"role": "user", "content": "x"}], "n": 3})
+        body = {"model": served, "messages": [{"role": "user", "content": "x"}], "n": 3}
+        r = c.post("/v1/chat/completions", json=body)
     assert r.status_code == 400
     assert set(r.json()["error"]) == {"message", "type", "param", "code"}
 
