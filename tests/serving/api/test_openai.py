@@ -10,6 +10,8 @@ import openai
 import pytest
 from openai import OpenAI
 
+from assistant.models.tiny import _WORDS
+
 
 @pytest.fixture(scope="module")
 def client(api: Any) -> OpenAI:
@@ -62,6 +64,9 @@ def test_stateless_question_about_a_video_data_url(api: Any, client: OpenAI, ser
     assert usage.prompt_tokens > 100 and usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
     assert 0 <= usage.prompt_tokens_details.cached_tokens <= usage.prompt_tokens
     assert set(api.service.hosted) == before  # the short-lived session is gone
+    # the test model's random answers are made of whole words, not byte noise
+    words = completion.choices[0].message.content.replace(".", " ").replace(",", " ").replace("?", " ").split()
+    assert words and set(words) <= set(_WORDS), completion.choices[0].message.content
 
 
 def test_stateless_images_streamed_with_usage(api: Any, client: OpenAI, served: str, tools: Any) -> None:
