@@ -13,16 +13,17 @@ from fastapi import FastAPI
 
 from assistant.config import VigilConfig
 from assistant.orchestrator import Orchestrator
+from serving import swagger
 from serving.auth import KeyRing
 from serving.directory import SessionDirectory, make_directory
 from serving.limits import BodyLimitMiddleware
-from serving.routes import docs, events, frames, health, openai, questions, sessions, stream, video
+from serving.routes import events, frames, health, openai, questions, sessions, stream, video
 from serving.routes.errors import add_error_handlers
 from serving.schemas import ErrorResponse
 from serving.service import VigilService
 
 SESSION_PATH = r"/v1/sessions/[^/]+"
-ROUTERS = (health, sessions, frames, stream, video, questions, events, openai, docs)
+ROUTERS = (health, sessions, frames, stream, video, questions, events, openai)
 """The route modules, in the order their operations appear in the OpenAPI schema."""
 
 Mount = Callable[[FastAPI, VigilService, VigilConfig, KeyRing], None]
@@ -59,7 +60,7 @@ def create_app(
         version="0.1.0",
         description="A video-LLM that watches live video, keeps a bounded memory and answers at any moment.",
         lifespan=lifespan,
-        docs_url=None,  # serving.routes.docs serves Swagger UI from a package, not a CDN
+        docs_url=None,  # serving.swagger serves Swagger UI from a package, not a CDN
         redoc_url=None,
         responses={401: {"model": ErrorResponse}},
     )
@@ -75,6 +76,7 @@ def create_app(
     add_error_handlers(app)
     for module in ROUTERS:
         app.include_router(module.router)
+    app.include_router(swagger.router)
     if mount is not None:
         mount(app, service, config, keys)
     return app

@@ -120,7 +120,7 @@ def test_config_file_env_and_options_layer(capsys, monkeypatch, tmp_path) -> Non
     monkeypatch.setenv("VIGIL_PERCEPTION__DROP__THRESHOLD", "0.3")
     code, out, err = run(
         capsys, "serve", "--config", str(tmp_path / "vigil.yaml"), "--max-new-tokens", "5", "--api-key", "secret-key-1",
-        "--print-config",
+        "--metrics-open", "--print-config",
     )  # fmt: skip
     assert code == 0, err
     shown = json.loads(out)
@@ -130,6 +130,7 @@ def test_config_file_env_and_options_layer(capsys, monkeypatch, tmp_path) -> Non
     assert shown["server"]["limits"]["max_fps"] == 5.0 and shown["session"]["frame_queue"] == 64
     assert shown["perception"]["drop"]["threshold"] == 0.3
     assert shown["server"]["api_keys"] == ["***"] and "secret-key-1" not in out
+    assert shown["server"]["metrics_open"] is True
     monkeypatch.setenv("VIGIL_ENGINE__MAX_NEW_TOKENS", "0")
     line = one_line_error(*run(capsys, "serve", "--print-config")[::2])
     assert "engine.max_new_tokens" in line
@@ -154,3 +155,31 @@ def test_version_and_missing_extras_as_a_shell_runs_them(tmp_path: Path) -> None
         )
         line = one_line_error(out.returncode, out.stderr)
         assert f"pip install 'vigil[{extra}]'" in line, line
+
+
+@pytest.mark.slow
+def test_cached_hub_id_loads_offline_when_the_hub_is_unreachable(clip, tiny_model_dir, tmp_path) -> None:
+    """A Hugging Face id in the local cache runs on a machine that cannot reach the hub (no retries, no error)."""
+    import shutil
+
+    repo = tmp_path / "hub" / "models--someorg--tiny-vl"
+    snapshot = repo / "snapshots" / ("0" * 40)
+    shutil.copytree(tiny_model_dir, snapshot)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    env = {
+        **os.environ,
+        "HF_HUB_CACHE": str(tmp_path / "hub"),
+        "HF_ENDPOINT": f"http://127.0.0.1:{free_port()}",  # nothing listens there
+        "PYTHONPATH": os.getcwd(),
+    }
+    env.pop("HF_HUB_OFFLINE", None)
+    out = subprocess.run(
+        [sys.executable, "-m", "serving.cli", "watch", clip, "--model", "someorg/tiny-vl", "--max-new-tokens", "2",
+         "--ask", "1:What?", "--jsonl"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    answers = [json.loads(line) for line in out.stdout.splitlines() if '"answer"' in line]
+    assert answers and answers[0]["question"] == "What?"
+    assert "Traceback" not in out.stderr and "huggingface.co" not in out.stderr
