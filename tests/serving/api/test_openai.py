@@ -180,3 +180,27 @@ def test_image_only_message_to_a_live_session_pushes_nothing(api: Any, tools: An
             assert c.get(f"/v1/sessions/{sid}/memory").json()["frames"]["received"] == 0
         finally:
             c.delete(f"/v1/sessions/{sid}")
+
+
+def test_stateless_video_by_path_under_the_allow_list(start_server: Any, real_clips: Any, tmp_path: Path) -> None:
+    import shutil
+
+    allowed = tmp_path / "videos"
+    allowed.mkdir()
+    clip = Path(shutil.copy(real_clips["bikes"], allowed / "bikes.mp4"))
+    server = start_server(server={"video_allow": [str(allowed)]})
+    client = OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+    served = server.app.state.model_name
+
+    def ask(path: str) -> Any:
+        part = {"type": "video_url", "video_url": {"url": path}}
+        messages = [{"role": "user", "content": [part, {"type": "text", "text": "What moves?"}]}]
+        return client.chat.completions.create(model=served, messages=messages, max_tokens=2)
+
+    assert ask(str(clip)).usage.prompt_tokens > 100
+    with pytest.raises(openai.PermissionDeniedError) as caught:
+        ask(str(real_clips["bikes"]))  # the same video outside the allowed folder
+    assert caught.value.code == "source_not_allowed"
+    with pytest.raises(openai.NotFoundError):
+        ask(str(allowed / "missing.mp4"))
+    assert not server.service.hosted  # every short-lived session is gone
