@@ -79,11 +79,14 @@ class StatelessSession:
         try:
             async with asyncio.timeout(PLAY_TIMEOUT_S):
                 if h.playback is not None and h.playback.task is not None:
-                    await asyncio.shield(h.playback.task)
+                    await asyncio.wait({h.playback.task})  # its outcome is read below, never raised here
                 await h.live.wait_idle()
         except TimeoutError:
             raise ChatError(413, "video_too_long", f"the video took over {PLAY_TIMEOUT_S:g} s to watch") from None
         playback = h.playback
+        task = playback.task if playback is not None else None
+        if task is not None and not task.cancelled() and task.exception() is not None:
+            raise ChatError(400, "unreadable_video", f"video_url: {task.exception()}", "messages")
         if playback is not None and playback.error:
             raise ChatError(400, "unreadable_video", f"video_url: {playback.error}", "messages")
         if playback is not None and playback.frames == 0:
