@@ -88,9 +88,8 @@ def add_model_args(p: argparse.ArgumentParser, default: str | None = "tiny") -> 
     With ``default=None`` the command runs without a model unless one is given (and drops by pixels).
     """
     add_config_arg(p)
-    p.add_argument(
-        "--model", default=None, help=f"Hugging Face id, local checkpoint directory, or 'tiny' (default {default})"
-    )
+    fallback = f"default {default}" if default else "default: none, drop by pixels"
+    p.add_argument("--model", default=None, help=f"Hugging Face id, local checkpoint directory, or 'tiny' ({fallback})")
     p.set_defaults(model_optional=default is None)
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--dtype", default=None, choices=DTYPES, help="weights dtype (default auto)")
