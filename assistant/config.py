@@ -250,6 +250,7 @@ class ServerConfig(_Config):
     heartbeat_s: float = Field(
         2.0, gt=0, le=60, description="How often a worker says it is alive; it is presumed dead after 3 missed."
     )
+    metrics_open: bool = Field(False, description="Serve /metrics without an API key (for Prometheus scrapers).")
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
 
     @field_validator("api_keys")
@@ -390,6 +391,68 @@ class VigilConfig(_Config):
                 f"window and a question (at least {need}); raise it or lower memory.budget_tokens"
             )
         return self
+
+
+CONFIG_FILE_SUFFIXES = (".yaml", ".yml", ".toml", ".json")
+ENV_PREFIX = "VIGIL_"
+
+
+def load_config(overrides: dict[str, Any] | None = None, config_file: str | None = None) -> VigilConfig:
+    """The config tree from, strongest first: ``overrides`` (the command line), ``VIGIL_*`` environment variables
+    (section and field joined by ``__``: ``VIGIL_ENGINE__MAX_NEW_TOKENS=64``), a YAML, TOML or JSON file, defaults.
+
+    ValueError for a file that is missing or unreadable; pydantic's ValidationError for invalid values.
+    """
+    import contextlib
+    import os
+
+    from pydantic_settings import (
+        BaseSettings,
+        JsonConfigSettingsSource,
+        SettingsConfigDict,
+        TomlConfigSettingsSource,
+        YamlConfigSettingsSource,
+    )
+
+    sources: dict[str, Any] = {".toml": TomlConfigSettingsSource, ".json": JsonConfigSettingsSource}
+    if config_file is not None:
+        suffix = os.path.splitext(config_file)[1].lower()
+        if suffix not in CONFIG_FILE_SUFFIXES:
+            raise ValueError(f"config file {config_file!r}: use a .yaml, .yml, .toml or .json file")
+        if not os.path.isfile(config_file):
+            raise ValueError(f"config file {config_file!r} not found")
+
+    class Settings(BaseSettings):
+        model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid")
+        model: ModelConfig = Field(default_factory=ModelConfig)
+        perception: PerceptionConfig = Field(default_factory=PerceptionConfig)
+        memory: MemoryConfig = Field(default_factory=MemoryConfig)
+        engine: EngineConfig = Field(default_factory=EngineConfig)
+        session: SessionConfig = Field(default_factory=SessionConfig)
+        server: ServerConfig = Field(default_factory=ServerConfig)
+
+        @field_validator("perception", mode="before")
+        @classmethod
+        def _drop_numbers(cls, value: Any) -> Any:  # environment variables arrive as text
+            drop = value.get("drop") if isinstance(value, dict) else None
+            if isinstance(drop, dict):
+                for key in ("threshold", "drop_ratio"):
+                    if isinstance(drop.get(key), str):
+                        with contextlib.suppress(ValueError):  # else the drop policy names the field
+                            drop[key] = float(drop[key])
+            return value
+
+        @classmethod
+        def settings_customise_sources(cls, settings_cls: Any, init_settings: Any, env_settings: Any, **_: Any) -> Any:
+            if config_file is None:
+                return init_settings, env_settings
+            source = sources.get(os.path.splitext(config_file)[1].lower(), YamlConfigSettingsSource)
+            try:
+                return init_settings, env_settings, source(settings_cls, config_file)
+            except Exception as exc:  # the parsers' own errors (YAML, TOML, JSON syntax)
+                raise ValueError(f"config file {config_file!r} cannot be read: {exc}".splitlines()[0]) from None
+
+    return VigilConfig.model_validate(Settings(**(overrides or {})).model_dump())
 
 
 class SessionOptions(_Config):

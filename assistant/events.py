@@ -149,6 +149,7 @@ class AnswerFinished(SessionEvent):
     total_s: float = 0.0
     cached_tokens: int = 0
     prompt_tokens: int = 0
+    synced_tokens: int = 0
     generated_tokens: int = 0
     type = "answer_done"
 

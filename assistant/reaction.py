@@ -39,6 +39,8 @@ class AnswerRequest:
     min_new_tokens: int = 0
     """Do not stop at an end-of-answer token before this many tokens (benchmarks of long answers)."""
     temperature: float | None = None
+    seed: int | None = None
+    """Sampling seed: the same seed, context and temperature give the same answer."""
     remember: bool = True
     """Keep the question and answer in the session's bounded text window."""
     recalled: tuple[MemoryEntry, ...] = ()

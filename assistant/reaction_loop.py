@@ -107,6 +107,7 @@ class ReactionLoop:
                         total_s=s.total_s,
                         cached_tokens=s.cached_tokens,
                         prompt_tokens=s.prompt_tokens,
+                        synced_tokens=s.synced_tokens,
                         generated_tokens=s.generated_tokens,
                     )
                     job.done.set_result(done)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from serving.cli.commands import Commands
-from serving.cli.options import add_memory_args, add_model_args, add_perception_args, build_config
+from serving.cli.options import add_memory_args, add_model_args, add_perception_args, build_config, require_extra
 
 
 def register(commands: Commands) -> None:
@@ -21,6 +21,8 @@ def register(commands: Commands) -> None:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Serve the app until interrupted."""
+    require_extra("demo", "demo")
+    config = build_config(args)
     from demos.gradio_app import run_demo  # gradio is imported only when the app runs
 
-    return run_demo(build_config(args), host=args.host, port=args.port)
+    return run_demo(config, host=args.host, port=args.port)

@@ -41,6 +41,7 @@ def build_app(
     allow_urls: Sequence[str] | None = None,
     answer_options: dict[str, Any] | None = None,
     login: KeyLogin | None = None,
+    command: str = "vigil demo",
 ) -> gr.Blocks:
     """The live-video chat app over a running service; launches nothing.
 
@@ -49,7 +50,8 @@ def build_app(
     can always be played. Sessions of tabs quiet for ``idle_timeout_s`` (default ``server.ui_idle_timeout_s``) are
     closed. ``answer_options`` go with every question to the engine (default: none, except at least a few tokens
     from the random-weight test model). With ``login`` (a server with API keys) a tab's sessions belong to the key
-    its user logged in with; without, to the anonymous owner.
+    its user logged in with; without, to the anonymous owner. ``command`` is how the app was started, for the
+    page's hints (``vigil demo``, ``vigil serve --ui``).
     """
     adapter = service.orchestrator.adapter
     if model_name is None and adapter is not None:
@@ -68,7 +70,7 @@ def build_app(
         model_name=model_name,
     )
     with gr.Blocks(title="Vigil — live video chat", analytics_enabled=False) as demo:
-        page = build_page(config, ctx.defaults, model_name)
+        page = build_page(config, ctx.defaults, model_name, command)
         wire_page(demo, ctx, page)
         wire_endpoints(ctx)
     demo.vigil_sessions = ctx.registry
@@ -83,7 +85,7 @@ def sessions_of(demo: gr.Blocks) -> TabRegistry:
 def mount(app: Any, service: VigilService, config: VigilConfig, keys: Any) -> None:
     """Mount the app at ``/ui`` of the API server (the ``vigil.ui`` entry point); API keys are its passwords."""
     login = KeyLogin(keys) if keys.enabled else None
-    demo = build_app(service, config, model_name=config.model.name, login=login)
+    demo = build_app(service, config, model_name=config.model.name, login=login, command="vigil serve --ui")
     gr.mount_gradio_app(app, demo, path="/ui", auth=login)
     served = app.router.lifespan_context
 

@@ -10,7 +10,7 @@ import gradio as gr
 from assistant.config import VigilConfig
 from demos.settings import PROACTIVE_MODES, SessionSettings
 from demos.transcript import Transcript
-from demos.views import figures, model_banner
+from demos.views import clock_html, figures, model_banner
 
 SLOT: dict[str, Any] = {"container": False, "padding": False, "min_height": 0}
 """An HTML slot that takes no room while empty."""
@@ -25,6 +25,8 @@ class Sources:
     url: gr.Textbox
     play: gr.Button
     stop: gr.Button
+    watched: gr.Video
+    """The uploaded file being watched, played in step with the stream clock."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,10 +34,11 @@ class SettingsForm:
     """The per-tab settings (applying restarts the session) and the standing-instruction box."""
 
     fps: gr.Number
-    threshold: gr.Number
+    threshold: gr.Textbox
     budget: gr.Number
     proactive: gr.Radio
     instructions: gr.Textbox
+    frames_per_step: gr.Dropdown
     apply: gr.Button
     note: gr.HTML
     instruction: gr.Textbox
@@ -44,7 +47,21 @@ class SettingsForm:
     @property
     def values(self) -> list[Any]:
         """The inputs of an apply, in ``make_settings`` order."""
-        return [self.fps, self.threshold, self.budget, self.proactive, self.instructions]
+        return [self.fps, self.threshold, self.budget, self.proactive, self.instructions, self.frames_per_step]
+
+
+@dataclass(frozen=True, slots=True)
+class Looking:
+    """ "Where Vigil looks": the newest step's kept tokens over its frame, its drop ratio, and the file's clock."""
+
+    image: gr.Image
+    caption: gr.Markdown
+    clock: gr.HTML
+
+    @property
+    def outputs(self) -> list[Any]:
+        """The components a redraw updates, in order."""
+        return [self.image, self.caption, self.clock]
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,24 +98,28 @@ class Page:
     settings: SettingsForm
     chat: Chat
     panel: Panel
+    looking: Looking
 
 
-def build_page(config: VigilConfig, defaults: SessionSettings, model_name: str | None) -> Page:
+def build_page(
+    config: VigilConfig, defaults: SessionSettings, model_name: str | None, command: str = "vigil demo"
+) -> Page:
     """The visible page: banners, sources and settings on the left, the chat on the right, the panel below."""
     state = gr.State(None)
     gr.Markdown(
         "## Vigil — live video chat\nA video model watches the stream, speaks up on its own, and answers any time."
     )
-    gr.HTML(model_banner(model_name), elem_id="vigil-model-slot", **SLOT)
+    gr.HTML(model_banner(model_name, command), elem_id="vigil-model-slot", **SLOT)
     status = gr.HTML("", elem_id="vigil-status-slot", **SLOT)
     with gr.Row(equal_height=False):
         with gr.Column(scale=5):
             sources = _sources()
+            looking = _looking()
             settings = _settings(config, defaults)
         with gr.Column(scale=6):
             chat = _chat()
     panel = _panel()
-    return Page(state, status, sources, settings, chat, panel)
+    return Page(state, status, sources, settings, chat, panel, looking)
 
 
 def _sources() -> Sources:
@@ -118,16 +139,45 @@ def _sources() -> Sources:
         with gr.Row():
             play = gr.Button("Play as live", variant="primary", elem_id="vigil-play")
             stop = gr.Button("Stop", elem_id="vigil-stop")
-    return Sources(camera, upload, url, play, stop)
+        watched = gr.Video(
+            label="Being watched (in step with the stream)",
+            interactive=False,
+            autoplay=True,
+            loop=False,
+            height=240,
+            elem_id="vigil-watched",
+        )
+    return Sources(camera, upload, url, play, stop, watched)
+
+
+def _looking() -> Looking:
+    image = gr.Image(
+        None,
+        label="Where Vigil looks: the tokens the newest step kept (lit) and dropped (dimmed)",
+        interactive=False,
+        type="numpy",
+        height=240,
+        elem_id="vigil-looks",
+    )
+    caption = gr.Markdown("", elem_id="vigil-looks-caption")
+    clock = gr.HTML(clock_html(None), elem_id="vigil-clock-slot", **SLOT)
+    return Looking(image, caption, clock)
 
 
 def _settings(config: VigilConfig, defaults: SessionSettings) -> SettingsForm:
     with gr.Accordion("Settings (apply restarts the session)", open=False, elem_id="vigil-settings"):
         fps = gr.Number(defaults.fps, label="Frames per second", elem_id="vigil-fps")
-        threshold = gr.Number(
-            defaults.drop_threshold,
-            label=f"Drop threshold ({config.perception.drop.mode} mode; empty = default)",
+        threshold = gr.Textbox(
+            "" if defaults.drop_threshold is None else f"{defaults.drop_threshold:g}",
+            label=f"Drop threshold ({config.perception.drop.mode} mode; empty = the mode's default)",
+            placeholder="default",
             elem_id="vigil-threshold",
+        )
+        frames_per_step = gr.Dropdown(
+            ["default", "1", "2"],
+            value="default" if defaults.frames_per_step is None else str(defaults.frames_per_step),
+            label="Frames per step (default: the model's temporal patch; 1 = finer timing, twice the tokens)",
+            elem_id="vigil-frames-per-step",
         )
         budget = gr.Number(defaults.budget_tokens, label="Memory budget (tokens)", precision=0, elem_id="vigil-budget")
         proactive = gr.Radio(
@@ -144,7 +194,7 @@ def _settings(config: VigilConfig, defaults: SessionSettings) -> SettingsForm:
             elem_id="vigil-instruction",
         )
         add = gr.Button("Watch for it", scale=1, elem_id="vigil-add-instruction")
-    return SettingsForm(fps, threshold, budget, proactive, instructions, apply, note, instruction, add)
+    return SettingsForm(fps, threshold, budget, proactive, instructions, frames_per_step, apply, note, instruction, add)
 
 
 def _chat() -> Chat:

@@ -18,7 +18,7 @@ from demos.context import ANSWER_TIMEOUT_S, AppContext, shown_as_gradio_error
 from demos.errors import SessionRefused, UiError
 from demos.layout import Page
 from demos.settings import make_settings
-from demos.views import BANNER_STYLE, banner, figures, stats_markdown, status_banner
+from demos.views import BANNER_STYLE, banner, clock_html, figures, stats_markdown, status_banner
 
 log = logging.getLogger(__name__)
 
@@ -102,10 +102,17 @@ def wire_settings(ctx: AppContext, page: Page) -> None:
     """Apply & restart with new settings; add a standing instruction to the running session."""
 
     async def on_apply(
-        fps: Any, threshold: Any, budget: Any, proactive: str, instructions: str, ui_id: str | None, request: gr.Request
+        fps: Any,
+        threshold: Any,
+        budget: Any,
+        proactive: str,
+        instructions: str,
+        frames_per_step: Any,
+        ui_id: str | None,
+        request: gr.Request,
     ) -> tuple[Any, ...]:
         try:
-            settings, _ = make_settings(ctx.config, fps, threshold, budget, proactive, instructions)
+            settings, _ = make_settings(ctx.config, fps, threshold, budget, proactive, instructions, frames_per_step)
         except UiError as exc:
             gr.Warning(str(exc))
             return gr.skip(), gr.skip(), gr.skip(), banner("error", str(exc), "vigil-settings-error")
@@ -135,22 +142,24 @@ def wire_settings(ctx: AppContext, page: Page) -> None:
 def wire_playback(ctx: AppContext, page: Page) -> None:
     """Play a file or stream into the tab's session as live, and stop it."""
 
-    async def on_play(upload: str | None, url: str | None, ui_id: str | None) -> tuple[Any, Any]:
+    async def on_play(upload: str | None, url: str | None, ui_id: str | None) -> tuple[Any, ...]:
         ui = ctx.lookup(ui_id)
         with shown_as_gradio_error():
             spec, label = ctx.playable(url, upload)
-            await ui.play(spec, label)
+            shown = spec if spec == upload else None  # an uploaded file plays on the page too; a stream does not
+            await ui.play(spec, label, shown=shown)
         ui.sent_version = ui.version
-        return ui.chat(), status_banner(ui)
+        return ui.chat(), status_banner(ui), gr.Video(value=shown), clock_html(ui.watch_position())
 
-    async def on_stop(ui_id: str | None) -> tuple[Any, Any]:
+    async def on_stop(ui_id: str | None) -> tuple[Any, ...]:
         ui = ctx.lookup(ui_id)
         await ui.stop_playback()
         ui.sync()
         ui.sent_version = ui.version
-        return ui.chat(), status_banner(ui)
+        return ui.chat(), status_banner(ui), gr.skip(), clock_html(None)
 
-    sources, outputs = page.sources, [page.chat.chatbot, page.status]
+    sources = page.sources
+    outputs = [page.chat.chatbot, page.status, sources.watched, page.looking.clock]
     sources.play.click(on_play, [sources.upload, sources.url, page.state], outputs, **PRIVATE)
     sources.stop.click(on_stop, [page.state], outputs, **PRIVATE)
 
@@ -172,7 +181,10 @@ def wire_timers(ctx: AppContext, page: Page) -> None:
     async def on_figures(ui_id: str | None) -> tuple[Any, ...]:
         ui = ctx.registry.sessions.get(ui_id or "")
         if ui is None:
-            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            return (gr.skip(),) * (len(page.panel.outputs) + len(page.looking.outputs))
+        return (*await panel_update(ui), *looking_update(ui))
+
+    async def panel_update(ui: Any) -> tuple[Any, ...]:
         ui.sync()
         text = stats_markdown(ui.stats())
         if ui.figures_version == ui.sent_figures:
@@ -189,5 +201,14 @@ def wire_timers(ctx: AppContext, page: Page) -> None:
             text,
         )
 
+    def looking_update(ui: Any) -> tuple[Any, ...]:
+        looks = ui.looks()
+        clock = clock_html(ui.watch_position())
+        if looks is None or looks.t == ui.sent_looks:
+            return gr.skip(), gr.skip(), clock
+        ui.sent_looks = looks.t
+        return looks.image, looks.caption, clock
+
     gr.Timer(POLL_EVERY_S).tick(on_poll, [page.state], [page.chat.chatbot, page.status], **QUIET)
-    gr.Timer(FIGURES_EVERY_S).tick(on_figures, [page.state], page.panel.outputs, **QUIET)
+    outputs = [*page.panel.outputs, *page.looking.outputs]
+    gr.Timer(FIGURES_EVERY_S).tick(on_figures, [page.state], outputs, **QUIET)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, get_args
@@ -32,11 +33,19 @@ class SessionSettings:
     budget_tokens: int
     proactive: str = "off"
     instructions: tuple[str, ...] = ()
+    frames_per_step: int | None = None
+    """None: the model's temporal patch (2 for Qwen-VL)."""
 
     @classmethod
     def defaults(cls, config: VigilConfig, proactive: str = "scene") -> SessionSettings:
         """The app's starting settings: the configured ones, with scene-change messages on."""
-        return cls(config.perception.fps, config.perception.drop.threshold, config.memory.budget_tokens, proactive)
+        return cls(
+            config.perception.fps,
+            config.perception.drop.threshold,
+            config.memory.budget_tokens,
+            proactive,
+            frames_per_step=config.perception.frames_per_step,
+        )
 
     def spec(self) -> SessionCreate:
         """The service's request for a session with these settings."""
@@ -46,19 +55,19 @@ class SessionSettings:
             budget_tokens=self.budget_tokens,
             proactive=self.proactive,
             instructions=self.instructions,
+            frames_per_step=self.frames_per_step,
         )
 
     def with_instruction(self, instruction: str) -> SessionSettings:
         """These settings with one more standing instruction."""
-        return SessionSettings(
-            self.fps, self.drop_threshold, self.budget_tokens, self.proactive, (*self.instructions, instruction)
-        )
+        return dataclasses.replace(self, instructions=(*self.instructions, instruction))
 
     def describe(self) -> str:
         """One line for the chat: what the session runs with."""
         threshold = "default" if self.drop_threshold is None else f"{self.drop_threshold:g}"
+        step = "" if self.frames_per_step is None else f", {self.frames_per_step} frame(s) per step"
         return (
-            f"{self.fps:g} fps, drop threshold {threshold}, budget {self.budget_tokens} tokens, "
+            f"{self.fps:g} fps{step}, drop threshold {threshold}, budget {self.budget_tokens} tokens, "
             f"proactive {self.proactive}" + (f", {len(self.instructions)} instruction(s)" if self.instructions else "")
         )
 
@@ -70,6 +79,7 @@ class SessionSettings:
             "budget_tokens": self.budget_tokens,
             "proactive": self.proactive,
             "instructions": list(self.instructions),
+            "frames_per_step": self.frames_per_step,
         }
 
 
@@ -108,6 +118,7 @@ def make_settings(
     budget_tokens: Any,
     proactive: str | None = "off",
     instructions: str | tuple[str, ...] | list[str] | None = None,
+    frames_per_step: Any = None,
 ) -> tuple[SessionSettings, VigilConfig]:
     """Validated settings and the session config they give (``config`` with them applied).
 
@@ -122,16 +133,24 @@ def make_settings(
     else:
         instructions = parse_instructions("\n".join(instructions))
     fps = number("fps", fps)
-    threshold = None if drop_threshold in (None, "") else number("drop threshold", drop_threshold)
+    threshold = None if _empty(drop_threshold) else number("drop threshold", drop_threshold)
+    step = None if _empty(frames_per_step) else number("frames per step", frames_per_step, integer=True)
     budget = number("token budget", budget_tokens, integer=True)
     max_fps = config.server.limits.max_fps
     if fps > max_fps:
         raise UiError(f"fps must be at most {max_fps:g} (server limit), got {fps:g}")
     # validated once, as the whole config they give: a problem names its place there (``perception.fps: ...``)
-    options = SessionOptions.model_construct(fps=fps, drop_threshold=threshold, budget_tokens=budget)
+    options = SessionOptions.model_construct(
+        fps=fps, drop_threshold=threshold, budget_tokens=budget, frames_per_step=step
+    )
     try:
         session_config = options.apply(config)
     except ValidationError as exc:
         raise UiError(f"invalid settings: {format_validation_error(exc)}") from None
-    settings = SessionSettings(fps, threshold, budget, proactive, instructions)
+    settings = SessionSettings(fps, threshold, budget, proactive, instructions, step)
     return settings, session_config
+
+
+def _empty(value: Any) -> bool:
+    """A form field left empty (or set to "default"): the configured value applies."""
+    return value is None or (isinstance(value, str) and value.strip().lower() in ("", "default"))

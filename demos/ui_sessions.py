@@ -13,7 +13,8 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections import deque
+from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -22,6 +23,7 @@ from assistant.config import VigilConfig
 from assistant.orchestrator import LiveSession
 from assistant.sources import SourceError, open_source
 from demos.errors import UiError
+from demos.overlay import drop_line, kept_overlay
 from demos.settings import SessionSettings, number, parse_instructions
 from demos.tab_stats import LiveFigures, TabStats
 from demos.transcript import Transcript
@@ -36,6 +38,43 @@ log = logging.getLogger(__name__)
 
 PushResult = Literal["accepted", "skipped", "paused"]
 REFUSED_FRAME_CODES = ("invalid_frame", "invalid_time")
+SEEN_FRAMES = 16
+"""Recent frames a tab keeps (with their stream times) to draw what its newest step kept over."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Looks:
+    """What the newest step in memory kept, drawn over its frame."""
+
+    image: np.ndarray
+    """[h, w, 3] uint8."""
+    caption: str
+    t: float
+
+
+class RecordedSource:
+    """A frame source whose frames are also noted (stream time, image) as they are read, for the overlay."""
+
+    def __init__(self, source: Any, note: Any, offset: float) -> None:
+        self.source, self.note, self.offset = source, note, offset
+
+    @property
+    def end(self) -> Any:
+        return self.source.end
+
+    def __iter__(self) -> Iterator[Any]:
+        for frame in self.source:
+            self.note(self.offset + frame.t, frame.image)
+            yield frame
+
+    def close(self) -> None:
+        self.source.close()
+
+    def __enter__(self) -> RecordedSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class UiSession(Transcript):
@@ -58,11 +97,27 @@ class UiSession(Transcript):
         self.playing: str | None = None
         self._last_push: float | None = None
         self._next_due: float | None = None
+        self.seen: deque[tuple[float, np.ndarray]] = deque(maxlen=SEEN_FRAMES)
+        """Recent frames (stream time, [H, W, 3] uint8) from the camera or the played file."""
+        self.play_offset = 0.0
+        """Stream time of the played file's first frame."""
+        self.watching: str | None = None
+        """The uploaded file being played (the page shows it in step with the stream)."""
+        self.sent_looks: float | None = None
+        """Stream time of the overlay the page shows (redrawn when a newer step is in memory)."""
+        self._from_file = False
+        """The newest frames came from a played file (its time is the stream's time), not the camera."""
 
     # -- the session -------------------------------------------------------------------------------------
     def stream_time(self) -> float:
-        """Seconds since the live session started (the one session clock; webcam frames are stamped with it)."""
-        return self.live.clock() if self.live is not None else 0.0
+        """The stream time messages are given: the session clock (seconds since it started, what webcam frames are
+        stamped with), or while a file plays and after, the time of the newest frame the file gave."""
+        if self.live is None:
+            return 0.0
+        if self._from_file:
+            last = self.live.last_frame_t
+            return self.play_offset if last is None else max(self.play_offset, last)
+        return self.live.clock()
 
     def require_live(self) -> LiveSession:
         """The running live session (UiError once it has ended)."""
@@ -75,6 +130,9 @@ class UiSession(Transcript):
         self.live, self.settings, self.config = hosted.live, settings, hosted.config
         self._last_push = None
         self._next_due = None
+        self.seen.clear()
+        self.sent_looks = None
+        self._from_file = False
         self.start_over()
 
     async def hosted(self) -> Hosted:
@@ -119,6 +177,8 @@ class UiSession(Transcript):
         self._next_due = stamp + period if self._next_due is None else max(self._next_due + period, stamp + period / 2)
         pushed = await self._push([(image, None)])
         self._last_push = pushed.t[-1]
+        self._from_file = False
+        self.seen.append((pushed.t[-1], image))
         return "accepted"
 
     async def _push_encoded(self, data: bytes, t: float | None) -> PushResult:
@@ -202,8 +262,12 @@ class UiSession(Transcript):
         return instruction
 
     # -- playback ----------------------------------------------------------------------------------------
-    async def play(self, spec: str, label: str) -> None:
-        """Play a video file or stream URL into the session as live (real-time pace; camera frames pause)."""
+    async def play(self, spec: str, label: str, *, shown: str | None = None) -> None:
+        """Play a video file or stream URL into the session as live (real-time pace; camera frames pause).
+
+        The stream clock of a session that has had no frame starts at Play: the file's time is the stream's time.
+        ``shown`` is the file the page plays along (``watching``).
+        """
         live = (await self.hosted()).live
         self.touch()
         await self.stop_playback()
@@ -211,12 +275,14 @@ class UiSession(Transcript):
             source = await asyncio.to_thread(open_source, spec, self.settings.fps, "realtime")
         except (SourceError, ValueError, OSError) as exc:
             raise UiError(f"cannot play {label}: {exc}") from None
-        offset = live.clock()
-        if self._last_push is not None:
-            offset = max(offset, self._last_push + 1.0 / self.settings.fps)
-        self.playing = label
+        offset = 0.0 if live.last_frame_t is None else live.clock()
+        if live.last_frame_t is not None:
+            offset = max(offset, live.last_frame_t + 1.0 / self.settings.fps)
+        self.playing, self.watching, self.play_offset = label, shown, offset
+        self._from_file = True
         self.note(f"Playing {label} as live")
-        self.player = asyncio.create_task(self._play(live, source, offset, label), name=f"play-{self.ui_id}")
+        recorded = RecordedSource(source, lambda t, image: self.seen.append((t, image)), offset)
+        self.player = asyncio.create_task(self._play(live, recorded, offset, label), name=f"play-{self.ui_id}")
 
     async def _play(self, live: LiveSession, source: Any, offset: float, label: str) -> None:
         outcome = "ended"
@@ -239,14 +305,14 @@ class UiSession(Transcript):
         finally:
             if self.player is asyncio.current_task():
                 self.player = None
-                self.playing = None
+                self.playing = self.watching = None
             if not live.closed:
                 self.note(f"{label} {outcome}")
 
     async def stop_playback(self) -> bool:
         """Stop a playing file or stream; True when one was playing."""
         task, self.player = self.player, None
-        self.playing = None
+        self.playing = self.watching = None
         if task is None or task.done():
             return False
         task.cancel()
@@ -255,6 +321,30 @@ class UiSession(Transcript):
         return True
 
     # -- figures -----------------------------------------------------------------------------------------
+    def watch_position(self) -> float | None:
+        """Where the played file is, in its own seconds (None when no uploaded file plays)."""
+        if self.watching is None or self.live is None:
+            return None
+        return max(0.0, self.live.stream_t - self.play_offset)
+
+    def looks(self) -> Looks | None:
+        """The newest step in memory, its kept tokens drawn over the frame it saw (None before one)."""
+        if self.live is None or not self.seen:
+            return None
+        session = self.live.session
+        grid, entries = session.perception.grid, session.memory.entries
+        if grid is None or not entries:
+            return None
+        entry = max(entries, key=lambda e: e.t_end)
+        seen = list(self.seen)
+        during = [f for f in seen if entry.t_start - 1e-6 <= f[0] < entry.t_end + 1e-6]
+        before = [f for f in seen if f[0] <= entry.t_end + 1e-6]
+        t, frame = (during or before or seen)[-1]
+        kept = entry.token_indices.numpy()  # [K]
+        tokens = grid[0] * grid[1]
+        caption = drop_line(len(set(kept.tolist())), tokens, entry.t_start)
+        return Looks(kept_overlay(frame, grid, kept), caption, t)
+
     def stats(self) -> TabStats:
         """The figures of the current live session."""
         head = TabStats(

@@ -25,18 +25,26 @@ def banner(kind: str, text: str, elem_id: str) -> str:
     )
 
 
-def model_banner(model_name: str | None) -> str:
-    """A warning when the model is the random-weight test model (its answers are noise)."""
+def model_banner(model_name: str | None, command: str = "vigil demo") -> str:
+    """A warning when the model is the random-weight test model (its answers are noise); ``command`` is how this
+    app was started (``vigil demo``, ``vigil serve --ui``), for the hint."""
     from assistant.models.tiny import is_tiny_model
 
     if model_name and (model_name == "tiny" or is_tiny_model(model_name)):
         return banner(
             "warning",
-            "Test model: the tiny model has random weights, so its answers are noise. Start the app with a real "
-            "checkpoint (vigil demo --model Qwen/Qwen2.5-VL-3B-Instruct) for meaningful answers.",
+            "Test model: the tiny model has random weights, so its answers are random words. Start the app with a "
+            f"real checkpoint ({command} --model Qwen/Qwen2.5-VL-3B-Instruct) for meaningful answers.",
             "vigil-model-banner",
         )
     return ""
+
+
+def clock_html(position: float | None) -> str:
+    """The played file's position for the page script that keeps the video in step (empty: nothing plays)."""
+    if position is None:
+        return '<span id="vigil-clock" data-playing="0"></span>'
+    return f'<span id="vigil-clock" data-playing="1" data-t="{position:.3f}"></span>'
 
 
 def status_banner(ui: UiSession | None, problem: str | None = None) -> str:

@@ -208,12 +208,16 @@ def write_outputs(result: dict[str, Any], out_dir: str | os.PathLike) -> list[Pa
     for mode in ("vigil", "reprefill"):
         rows = [r for r in result["runs"] if r["mode"] == mode]
         ax1.plot([r["minutes"] for r in rows], [r["ttft_p50_s"] * 1000 for r in rows], marker="o", label=mode)
-    ax1.set(xlabel="stream length (min)", ylabel="TTFT p50 (ms)", title="Time to first token", xscale="log")
+    ax1.set(xlabel="stream length (min)", ylabel="TTFT p50 (ms)", title="Time to first token")
+    ax1.set_xlim(left=0)
+    ax1.set_ylim(bottom=0)
     ax1.legend()
     for name, timeline in result["timelines"].items():
         if name.startswith("vigil"):
             ax2.plot([p["t_min"] for p in timeline], [p["rss"] / 2**20 for p in timeline], label=f"RSS {name}")
-    ax2.set(xlabel="stream time (min)", ylabel="MiB", title="Process memory")
+    ax2.set(xlabel="stream time (min)", ylabel="resident memory (MiB)", title="Process memory")
+    ax2.set_xlim(left=0)
+    ax2.set_ylim(bottom=0)  # flat memory reads as flat, not as a climb magnified by the axis
     ax2.legend(fontsize=7)
     fig.tight_layout()
     png = out / "latency.png"

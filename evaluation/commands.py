@@ -32,7 +32,10 @@ def cmd_make_clip(args: argparse.Namespace) -> int:
     """Write the clip and print what it holds as one JSON line."""
     from evaluation.synthetic import write_clip
 
-    cuts = tuple(float(c) for c in args.cuts.split(",") if c.strip()) if args.cuts else ()
+    try:
+        cuts = tuple(float(c) for c in args.cuts.split(",") if c.strip()) if args.cuts else ()
+    except ValueError:
+        raise CliError(f"--cuts must be comma-separated seconds, like 6,13; got {args.cuts!r}") from None
     try:
         clip = write_clip(
             args.output, seconds=args.seconds, fps=args.fps, width=args.width, height=args.height, cut_times=cuts

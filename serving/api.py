@@ -13,6 +13,7 @@ from fastapi import FastAPI
 
 from assistant.config import LimitsConfig, VigilConfig
 from assistant.orchestrator import Orchestrator
+from serving import swagger
 from serving.auth import KeyRing
 from serving.directory import SessionDirectory, make_directory
 from serving.forward import ForwardMiddleware
@@ -60,6 +61,8 @@ def create_app(
         version="0.1.0",
         description="A video-LLM that watches live video, keeps a bounded memory and answers at any moment.",
         lifespan=lifespan,
+        docs_url=None,  # serving.swagger serves Swagger UI from a package, not a CDN
+        redoc_url=None,
         responses={401: {"model": ErrorResponse}},
     )
     app.state.service = service
@@ -76,6 +79,7 @@ def create_app(
     add_error_handlers(app)
     for module in ROUTERS:
         app.include_router(module.router)
+    app.include_router(swagger.router)
     if mount is not None:
         mount(app, service, config, keys)
     return app

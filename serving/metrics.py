@@ -43,6 +43,13 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.prompt_tokens = Counter(
+            "vigil_prompt_tokens", "Context tokens of answers, cached ones included.", ["kind"], registry=r
+        )
+        self.cached_tokens = Counter(
+            "vigil_cached_tokens", "Context tokens of answers reused from the cache.", ["kind"], registry=r
+        )
+        self.generated_tokens = Counter("vigil_generated_tokens", "Answer tokens generated.", ["kind"], registry=r)
         self.answers = Counter("vigil_answers", "Answers finished.", ["kind", "finish_reason"], registry=r)
         self.triggers = Counter("vigil_triggers", "Proactive triggers fired.", ["kind"], registry=r)
         self.errors = Counter("vigil_session_errors", "Error events of sessions.", ["code"], registry=r)
@@ -66,6 +73,9 @@ class Metrics:
             self.lag.observe(event.lag_s)
         elif kind == "answer_done":
             self.answers.labels(event.kind, event.finish_reason).inc()
+            self.prompt_tokens.labels(event.kind).inc(event.prompt_tokens + event.synced_tokens + event.cached_tokens)
+            self.cached_tokens.labels(event.kind).inc(event.cached_tokens)
+            self.generated_tokens.labels(event.kind).inc(event.generated_tokens)
             if event.generated_tokens:
                 self.ttft.labels(event.kind).observe(event.ttft_s)
             self.answer_time.labels(event.kind).observe(event.total_s)

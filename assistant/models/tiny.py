@@ -16,7 +16,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-TINY_VERSION = 2
+TINY_VERSION = 3
 SPECIAL_TOKENS = (
     "<|endoftext|>",
     "<|im_start|>",
@@ -85,6 +85,37 @@ _WORDS = (
     "street kitchen office outside inside seconds minute time describe tell me answer question happened "
     "changed see shows appears one two three four five"
 ).split()
+
+
+WORD_LOGIT_STD = 8.0
+"""Spread of the logits of whole-word tokens: far above every other token's (zero), so answers are words."""
+
+
+def word_token_ids(tokenizer) -> list[int]:
+    """Ids of the tokens that are a whole word of the corpus with its leading space, and of sentence punctuation."""
+    vocab = tokenizer.get_vocab()
+    words = {"\u0120" + w for w in _WORDS} | {".", ",", "?"}  # "\u0120" is byte-level BPE's space
+    return sorted(i for token, i in vocab.items() if token in words)
+
+
+def _speak_in_words(model, tokenizer, seed: int) -> None:
+    """Give only whole-word tokens output weights, so random answers decode to words instead of byte noise.
+
+    Other tokens keep a zero row (logit 0) and the end-of-answer tokens their small random row; every token stays
+    encodable, only what the model says is limited.
+    """
+    import torch
+
+    head = model.lm_head.weight  # [V, D]
+    stops = {tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")}
+    words = torch.tensor(word_token_ids(tokenizer))
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        kept = head[sorted(stops)].clone()  # [2, D]
+        head.zero_()
+        std = WORD_LOGIT_STD / head.shape[1] ** 0.5  # the final norm gives hidden states of RMS 1
+        head[words] = torch.randn(len(words), head.shape[1], generator=generator) * std  # [W, D]
+        head[sorted(stops)] = kept
 
 
 def default_cache_dir() -> Path:
@@ -189,6 +220,7 @@ def build_tiny_model(directory: str | os.PathLike, seed: int = 0, family: str = 
     )
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(config).eval()
+    _speak_in_words(model, tokenizer, seed)
     model.generation_config = GenerationConfig(
         eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]],
         pad_token_id=ids["<|endoftext|>"],

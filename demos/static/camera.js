@@ -6,6 +6,15 @@ async () => {
     else document.body.prepend(el);
   };
   let shown = "";
+  // the camera's problems matter on the webcam tab only: the banner is hidden while another tab is open
+  const cameraVisible = () => {
+    const camera = document.getElementById("vigil-camera");
+    return !!(camera && camera.offsetParent !== null);
+  };
+  const refresh = () => {
+    const el = document.getElementById("vigil-camera-banner");
+    if (el) el.style.display = el.textContent && cameraVisible() ? "block" : "none";
+  };
   const show = (text, kind) => {
     let el = document.getElementById("vigil-camera-banner");
     if (!el && !text) return;
@@ -19,8 +28,29 @@ async () => {
     if (!text && kind !== shown) return;
     shown = text ? kind : "";
     el.textContent = text;
-    el.style.display = text ? "block" : "none";
+    refresh();
   };
+  setInterval(refresh, 300);
+  // the file being watched plays in step with the stream clock (the server's position, every second)
+  let clockT = null, clockAt = 0;
+  setInterval(() => {
+    const clock = document.getElementById("vigil-clock");
+    const video = document.querySelector("#vigil-watched video");
+    if (!clock || !video) return;
+    if (clock.dataset.playing !== "1") {
+      if (!video.paused) video.pause();
+      clockT = null;
+      return;
+    }
+    const t = parseFloat(clock.dataset.t);
+    if (t !== clockT) { clockT = t; clockAt = performance.now(); }
+    const now = clockT + (performance.now() - clockAt) / 1000;  // between updates the clock runs on
+    if (video.readyState >= 1 && Math.abs(video.currentTime - now) > 0.75) video.currentTime = now;
+    if (video.paused && !video.ended) {
+      video.muted = true;  // a muted video may play without a new gesture
+      video.play().catch(() => {});
+    }
+  }, 250);
   const explain = (err) => {
     const name = (err && err.name) || "";
     if (name === "NotAllowedError" || name === "SecurityError")

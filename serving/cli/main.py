@@ -37,12 +37,22 @@ def installed_commands() -> list[Callable[[Commands], None]]:
     return registrants
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("vigil")
+    except PackageNotFoundError:  # run from a source tree that is not installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``vigil`` parser: perceive, watch, serve, the installed commands, bench engine, make-tiny-model."""
     parser = argparse.ArgumentParser(
         prog="vigil", description="A video-LLM that watches live video and talks about it."
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"vigil {_version()}")
     commands = Commands(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
     for register in (perceive.register, watch.register, serve.register, *installed_commands()):
         register(commands)
@@ -64,6 +74,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        from serving.engines.remote import ReplicaUnavailableError
+
+        if not isinstance(exc, ReplicaUnavailableError):
+            raise
+        print(f"vigil: error: the remote replicas failed: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

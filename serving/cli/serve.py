@@ -11,9 +11,9 @@ from serving.cli.options import (
     add_perception_args,
     add_server_args,
     build_config,
-    server_section,
+    require_extra,
 )
-from serving.runtime import serve, validated_config
+from serving.runtime import serve
 
 
 def register(commands: Commands) -> None:
@@ -29,8 +29,7 @@ def register(commands: Commands) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Load the model and serve the API until interrupted."""
-    if args.redis_url and args.archive == "memory":
-        args.archive = "redis"
-    config = build_config(args)
-    config = validated_config(**{**config.model_dump(), "server": server_section(args)})
-    return serve(config)
+    require_extra("serve", "serve")
+    if args.ui:
+        require_extra("serve --ui", "demo")
+    return serve(build_config(args))

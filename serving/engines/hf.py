@@ -179,6 +179,7 @@ class HFEngine:
             checkpoint = ctx.kv.fork()
             max_new = request.max_new_tokens or self.config.max_new_tokens
             temperature = self.config.temperature if request.temperature is None else request.temperature
+            generator = None if request.seed is None else torch.Generator().manual_seed(request.seed)
             ids: list[int] = []
             streamed: list[int] = []  # the ids already carried by a delta
             emitted = ""
@@ -189,7 +190,7 @@ class HFEngine:
                 for _ in range(max_new):
                     if len(ids) < request.min_new_tokens:
                         logits = logits.index_fill(0, self._stop_tensor, float("-inf"))
-                    token = self._sample(logits, temperature)
+                    token = self._sample(logits, temperature, generator)
                     if token in self._stop_ids:
                         finish = "stop"
                         break
@@ -522,8 +523,9 @@ class HFEngine:
         return float(torch.softmax(pair, dim=0)[0])
 
     @staticmethod
-    def _sample(logits: torch.Tensor, temperature: float) -> int:
+    def _sample(logits: torch.Tensor, temperature: float, generator: torch.Generator | None = None) -> int:
+        # logits: [V]
         if temperature <= 0:
             return int(torch.argmax(logits))
-        probs = torch.softmax(logits / temperature, dim=-1)
-        return int(torch.multinomial(probs, 1))
+        probs = torch.softmax(logits.float().cpu() / temperature, dim=-1)  # [V]
+        return int(torch.multinomial(probs, 1, generator=generator))

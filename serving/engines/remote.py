@@ -210,6 +210,7 @@ class RemoteEngine(PrefixCachedEngine):
             "max_tokens": max_tokens,
             "temperature": temperature,
             "skip_special_tokens": True,
+            **({"seed": request.seed} if request is not None and request.seed is not None else {}),
         }
 
     def _forget_parts(self, state: SessionState) -> None:

@@ -120,6 +120,7 @@ class VLLMEngine(PrefixCachedEngine):
             max_tokens=completion.max_new_tokens,
             min_tokens=completion.min_new_tokens,
             temperature=completion.temperature,
+            seed=completion.request.seed,
             stop_token_ids=self._stop_ids,
             output_kind=RequestOutputKind.DELTA,
             skip_special_tokens=True,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
-from serving.deps import Owner, Service
+from serving.deps import Service, request_owner
 from serving.schemas import HealthView
 
 router = APIRouter(tags=["service"])
@@ -26,7 +26,9 @@ async def health(request: Request, service: Service) -> HealthView:
 
 
 @router.get("/metrics", response_class=Response)
-async def metrics(_: Owner, service: Service) -> Response:
-    """Prometheus metrics of this worker."""
+async def metrics(request: Request, service: Service) -> Response:
+    """Prometheus metrics of this worker (open to scrapers with ``server.metrics_open``, else a key is needed)."""
+    if not service.config.server.metrics_open:
+        request_owner(request)
     body, content_type = service.metrics.render()
     return Response(body, media_type=content_type)

@@ -36,7 +36,7 @@ def chrome(camera: Path | None = None, *, deny_camera: bool = False):
     assert CHROMEDRIVER.exists(), "chromium is installed but chromedriver is not (apt install chromium-driver)"
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1400,1250", "--lang=en-US"):
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1400,1700", "--lang=en-US"):
         options.add_argument(arg)
     options.add_argument("--use-fake-device-for-media-stream")
     if camera is not None:
@@ -155,6 +155,16 @@ def test_live_chat_in_a_real_browser(browser_app: RunningApp, camera_y4m: Path, 
             marks = driver.find_elements(By.CSS_SELECTOR, f"#{plot} canvas, #{plot} svg")
             assert marks, f"{plot} has no chart"
         assert len(ui.drops) >= 2 and ui.latency and 0 < ui.memory[-1][1] <= 2048
+        # "where Vigil looks" on the webcam's frames: the newest step's kept tokens and its drop ratio
+        wait(
+            driver,
+            lambda d: (
+                d.find_elements(By.CSS_SELECTOR, "#vigil-looks img")
+                and "drop ratio" in text_of(d, "vigil-looks-caption")
+            ),
+            30,
+            "no overlay of the camera's kept tokens",
+        )
         shot = tmp_path / "vigil-live-chat.png"
         driver.save_screenshot(str(shot))
         artifact_saver(shot)

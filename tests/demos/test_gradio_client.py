@@ -55,6 +55,7 @@ def test_a_session_watches_answers_and_ends(client: Client, app, frame_files: li
         "budget_tokens": 2048,
         "proactive": "scene",
         "instructions": ["tell me when a bike passes"],
+        "frames_per_step": None,
     }
     live_id = started["live_session_id"]
     assert live_id in app.orchestrator.sessions

@@ -68,7 +68,7 @@ def test_perceive_human_output(clip) -> None:
         (["perceive", "{clip}", "--drop-mode", "feature"], "no model was given"),
         (["perceive", "{clip}", "--drop-threshold", "0.1", "--drop-ratio", "0.5"], "drop_ratio"),
         (["perceive", "{clip}", "--speed", "fast"], "--speed"),
-        (["perceive", "{clip}", "--model", "/nonexistent/model"], "could not load model"),
+        (["perceive", "{clip}", "--model", "/nonexistent/model"], "no such directory"),
         (["watch", "{clip}", "--ask", "soon:what?"], "SECONDS:question"),
         (["watch", "{clip}", "--budget", "16", "--kv-cap", "4096"], "raise the budget"),
         (["watch", "{clip}", "--engine", "remote"], "needs at least one URL"),

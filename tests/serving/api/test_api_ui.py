@@ -18,6 +18,8 @@ def test_ui_is_mounted_beside_the_api(start_server: Any) -> None:
         assert page.status_code == 200 and "<html" in page.text.lower()
         assert c.get("/health").json()["status"] == "ok"  # the API still answers beside it
         assert c.post("/v1/sessions").status_code == 201
+        config = c.get("/ui/config").text  # the test-model banner names the command that started this app
+        assert "vigil serve --ui --model" in config and "vigil demo" not in config
 
     from gradio_client import Client
 
