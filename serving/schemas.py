@@ -188,19 +188,3 @@ class ErrorBody(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorBody
-
-
-class ChatCompletionRequest(BaseModel):
-    """The subset of OpenAI's chat completion request that applies to a live session."""
-
-    model_config = ConfigDict(extra="allow")
-
-    model: str = Field(description="vigil:<session id>")
-    messages: list[dict[str, Any]] = Field(min_length=1)
-    stream: bool = False
-    max_tokens: int | None = Field(None, ge=1, le=8192)
-    max_completion_tokens: int | None = Field(None, ge=1, le=8192)
-    temperature: float | None = Field(None, ge=0, le=2)
-    min_tokens: int | None = Field(None, ge=0, le=8192, description="As vLLM's extra parameter.")
-    session_id: str | None = Field(None, description="The session, when `model` does not name it.")
-    stream_options: dict[str, Any] | None = None

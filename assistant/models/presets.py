@@ -93,12 +93,23 @@ def _tiny_tokenizer_ids(tokenizer: Any) -> dict[str, int]:
     return {t: tokenizer.convert_tokens_to_ids(t) for t in names}
 
 
+def _random_model(cls: Any, config: Any, ids: dict[str, int], device: str, dtype: str) -> Any:
+    """``cls`` built from ``config`` with seeded random weights on the resolved device, in eval mode."""
+    from assistant.models import resolve_device, resolve_dtype
+
+    dev = resolve_device(device)
+    torch.manual_seed(0)
+    with torch.device(dev):
+        model = cls._from_config(config, dtype=resolve_dtype(dtype, dev)).eval()
+    model.generation_config.eos_token_id = [ids["<|im_end|>"], ids["<|endoftext|>"]]
+    return model
+
+
 def _build_qwen3(preset: str, device: str, dtype: str) -> Any:
     """A Qwen3-VL adapter of a real size with random weights and the tiny Qwen3-VL's tokenizer."""
     import transformers
     from transformers import AutoTokenizer
 
-    from assistant.models import resolve_device, resolve_dtype
     from assistant.models.qwen3_vl import QWEN3_NORM, Qwen3VLAdapter
     from assistant.models.qwen_vl import read_geometry
     from assistant.models.tiny import ensure_tiny_model
@@ -134,13 +145,7 @@ def _build_qwen3(preset: str, device: str, dtype: str) -> Any:
         vision_end_token_id=ids["<|vision_end|>"],
         tie_word_embeddings=spec["text"]["tie_word_embeddings"],
     )
-    dev = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, dev)
-    torch.manual_seed(0)
-    with torch.device(dev):
-        model = getattr(transformers, f"{prefix}ForConditionalGeneration")._from_config(config, dtype=torch_dtype)
-    model.eval()
-    model.generation_config.eos_token_id = [ids["<|im_end|>"], ids["<|endoftext|>"]]
+    model = _random_model(getattr(transformers, f"{prefix}ForConditionalGeneration"), config, ids, device, dtype)
     geometry = read_geometry(str(tiny), model.config.vision_config, default_norm=QWEN3_NORM)
     family = "qwen3_vl_moe" if spec.get("moe") else "qwen3_vl"
     return Qwen3VLAdapter(f"random:{preset}", family, model, tokenizer, geometry)
@@ -150,7 +155,6 @@ def build_random_adapter(preset: str, *, device: str = "auto", dtype: str = "aut
     """A Qwen2.5-VL or Qwen3-VL adapter of a real size with random weights and the tiny model's tokenizer."""
     from transformers import AutoTokenizer, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-    from assistant.models import resolve_device, resolve_dtype
     from assistant.models.qwen_vl import QwenVLAdapter, read_geometry
     from assistant.models.tiny import ensure_tiny_model
 
@@ -161,10 +165,7 @@ def build_random_adapter(preset: str, *, device: str = "auto", dtype: str = "aut
     spec = QWEN25_VL_PRESETS[preset]
     tiny = ensure_tiny_model()
     tokenizer = AutoTokenizer.from_pretrained(tiny)
-    ids = {
-        t: tokenizer.convert_tokens_to_ids(t)
-        for t in ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>", "<|im_end|>", "<|endoftext|>")
-    }
+    ids = _tiny_tokenizer_ids(tokenizer)
     text = dict(
         spec["text"],
         max_position_embeddings=128000,
@@ -184,11 +185,6 @@ def build_random_adapter(preset: str, *, device: str = "auto", dtype: str = "aut
         vision_end_token_id=ids["<|vision_end|>"],
         tie_word_embeddings=spec["text"]["tie_word_embeddings"],
     )
-    dev = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, dev)
-    torch.manual_seed(0)
-    with torch.device(dev):
-        model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=torch_dtype).eval()
-    model.generation_config.eos_token_id = [ids["<|im_end|>"], ids["<|endoftext|>"]]
+    model = _random_model(Qwen2_5_VLForConditionalGeneration, config, ids, device, dtype)
     geometry = read_geometry(str(tiny), model.config.vision_config)
     return QwenVLAdapter(f"random:{preset}", "qwen2_5_vl", model, tokenizer, geometry)

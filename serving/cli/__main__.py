@@ -1,5 +1,5 @@
 """``python -m serving.cli``: the ``vigil`` command."""
 
-from serving.cli.main import main
+from serving.cli.core import main
 
 raise SystemExit(main())

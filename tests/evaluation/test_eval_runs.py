@@ -9,7 +9,7 @@ import pytest
 
 from evaluation import ovo_bench
 from evaluation.synthetic import write_ovo_videos
-from serving.cli.main import main
+from serving.cli.core import main
 
 pytestmark = pytest.mark.slow
 
@@ -149,8 +149,11 @@ def test_engine_options_are_checked_before_the_model_loads(ovo_data, tmp_path, v
     assert not (tmp_path / "out" / "answers.jsonl").exists()
 
 
-def test_an_engine_that_fails_stops_the_run_in_one_line(ovo_data, tmp_path, vigil_home, capsys) -> None:
-    """No replica listens at the URL: exit 2, one line naming the engine, the replica and where answers are kept."""
+def test_an_unreachable_replica_stops_the_run_before_it_starts(ovo_data, tmp_path, vigil_home, capsys) -> None:
+    """No replica listens at the URL: exit 2, one line naming the replica, before any model loads or file is written.
+
+    (An engine that fails during the run stops it in one line too: see the vLLM stage's wrong served-model test.)
+    """
     import socket
 
     with socket.socket() as s:  # a port nothing listens on
@@ -161,9 +164,9 @@ def test_an_engine_that_fails_stops_the_run_in_one_line(ovo_data, tmp_path, vigi
     engine = ["--engine", "remote", "--remote-url", f"http://127.0.0.1:{port}/v1", "--concurrency", "2"]
     assert _run(anno, videos, out, "--tasks", "EPM,FPD", *engine) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("vigil eval: error: the remote engine failed:") and f"127.0.0.1:{port}" in err[-1]
-    assert "rerun to resume" in err[-1] and not any("Traceback" in line for line in err)
-    assert (out / "manifest.json").is_file() and not (out / "report_live.json").exists()
+    assert "error: no remote replica can be reached" in err[-1] and f"127.0.0.1:{port}" in err[-1]
+    assert not any("Traceback" in line for line in err)
+    assert not (out / "manifest.json").exists() and not (out / "answers.jsonl").exists()
 
 
 def test_progress_counts_only_the_work_of_this_run(ovo_data, tmp_path, tiny_adapter) -> None:

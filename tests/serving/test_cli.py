@@ -79,7 +79,7 @@ def test_perceive_human_output(clip) -> None:
         (["bench", "latency", "--grid", "8"], "ROWSxCOLS"),
         (["bench", "lag", "--sessions", "0"], "--sessions are positive"),
         (["bench", "engine", "--grid", "axb"], "invalid benchmark options"),
-        (["make-clip", "/nonexistent/folder/clip.mp4"], "could not write"),
+        (["make-clip", "{clip}/under-a-file/clip.mp4"], "could not write"),
     ],
 )
 @pytest.mark.slow

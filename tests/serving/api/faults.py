@@ -70,6 +70,20 @@ class RedisProcess:
         os.kill(self.proc.pid, signal.SIGCONT)
 
 
+def start_worker(args: list[str], url: str, log: Path) -> subprocess.Popen:
+    """Start a worker process logging to ``log`` and wait (at most 90 s) until its /health answers 200."""
+    proc = subprocess.Popen(args, stdout=log.open("ab"), stderr=subprocess.STDOUT, env=os.environ.copy())
+    deadline = time.monotonic() + 90
+    while True:
+        assert proc.poll() is None, f"worker exited: {log.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, f"worker did not start: {log.read_text()[-3000:]}"
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.2)
+
+
 WORKER = """
 import json, sys
 from assistant.config import VigilConfig
@@ -102,18 +116,8 @@ class WorkerProcess:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> WorkerProcess:
-        out = self.log.open("ab")
-        args = [sys.executable, "-c", WORKER, json.dumps(self.config)]
-        self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=os.environ.copy())
-        deadline = time.monotonic() + 90
-        while True:
-            assert self.proc.poll() is None, f"worker exited: {self.log.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, f"worker did not start: {self.log.read_text()[-3000:]}"
-            try:
-                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                time.sleep(0.2)
+        self.proc = start_worker([sys.executable, "-c", WORKER, json.dumps(self.config)], self.url, self.log)
+        return self
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

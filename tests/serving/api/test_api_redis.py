@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -15,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.serving.api.faults import start_worker
 from tests.support import wait_until
 
 pytestmark = pytest.mark.slow
@@ -50,17 +50,8 @@ class Worker:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> Worker:
-        out = self.log.open("ab")
-        self.proc = subprocess.Popen(self.args, stdout=out, stderr=subprocess.STDOUT, env=os.environ.copy())
-        deadline = time.monotonic() + 90
-        while True:
-            assert self.proc.poll() is None, f"worker exited: {self.log.read_text()[-2000:]}"
-            assert time.monotonic() < deadline, f"worker did not start: {self.log.read_text()[-2000:]}"
-            try:
-                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                time.sleep(0.2)
+        self.proc = start_worker(self.args, self.url, self.log)
+        return self
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from serving.cli.main import main
+from serving.cli.core import main
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

@@ -12,7 +12,7 @@ pytest.importorskip("vllm", reason="vLLM is not installed here (the .ci/vllm env
 
 from evaluation import ovo_bench
 from evaluation.synthetic import write_ovo_videos
-from serving.cli.main import main
+from serving.cli.core import main
 
 pytestmark = pytest.mark.vllm
 
