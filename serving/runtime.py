@@ -54,7 +54,7 @@ def load_model(config: VigilConfig) -> VisionLanguageAdapter:
     except (ModelLoadError, ValueError) as exc:
         raise SetupError(str(exc)) from None
     if is_tiny_model(adapter.name):
-        print("vigil: note: the tiny test model has random weights; its answers are noise", file=sys.stderr)
+        print("vigil: note: the tiny test model has random weights; its answers are random words", file=sys.stderr)
     return adapter
 
 

@@ -102,7 +102,9 @@ def add_bench_model_args(p: argparse.ArgumentParser, *, arch: bool = False) -> N
     if arch:
         p.add_argument("--model", default="tiny", help="checkpoint (ignored with --arch)")
         p.add_argument(
-            "--arch", default=None, help="real-size random-weight architecture: qwen2.5-vl-3b, qwen2.5-vl-7b"
+            "--arch",
+            default=None,
+            help="real-size random-weight architecture, e.g. qwen2.5-vl-7b, qwen3-vl-8b (all: docs/engines.md)",
         )
     else:
         p.add_argument("--model", default="tiny")
