@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from assistant.models.tiny import (
+from assistant.models.tiny_tokenizer import (
     QWEN3_CHAT_TEMPLATE,
     QWEN3_SPECIAL_TOKENS,
     SPECIAL_TOKENS,

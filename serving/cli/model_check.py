@@ -13,7 +13,7 @@ import socket
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from serving.cli.options import CliError
+from serving.cli.errors import CliError
 
 TINY = "tiny"
 HUB_PROBE_TIMEOUT_S = 3.0

@@ -11,6 +11,7 @@ import json
 import os
 from typing import TYPE_CHECKING, Any
 
+from serving.cli.errors import CliError
 from serving.runtime import SetupError
 
 if TYPE_CHECKING:
@@ -18,9 +19,6 @@ if TYPE_CHECKING:
 
 DTYPES = ["auto", "float32", "bfloat16", "float16"]
 
-
-class CliError(SetupError):
-    """A user-facing error in the command line: printed as one line, exit code 2."""
 
 
 EXTRAS = {"serve": ("fastapi", "uvicorn", "prometheus_client", "multipart"), "demo": ("gradio",)}

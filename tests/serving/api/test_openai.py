@@ -10,7 +10,7 @@ import openai
 import pytest
 from openai import OpenAI
 
-from assistant.models.tiny import _WORDS
+from assistant.models.tiny_tokenizer import _WORDS
 
 
 @pytest.fixture(scope="module")

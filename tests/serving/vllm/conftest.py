@@ -97,7 +97,7 @@ def build_tiny_llava(directory: Path, seed: int = 0) -> Path:
         LlavaProcessor,
     )
 
-    from assistant.models.tiny import build_tokenizer
+    from assistant.models.tiny_tokenizer import build_tokenizer
 
     tokenizer = build_tokenizer()
     tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]}, replace_extra_special_tokens=False)
