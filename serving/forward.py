@@ -130,7 +130,7 @@ class ForwardMiddleware:
             response = await self.client().send(request, stream=True)
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             raise _Unreachable(str(exc)) from None
-        gone = asyncio.ensure_future(_disconnected(receive))  # the client may leave while the response streams
+        gone = asyncio.ensure_future(until_disconnected(receive))  # the client may leave while the response streams
         try:
             out = [(k, v) for k, v in response.headers.raw if k.lower() not in HOP_BY_HOP - {b"content-length"}]
             out.append((b"x-vigil-forwarded-by", self.service.worker_id.encode()))
@@ -255,7 +255,8 @@ async def _body(receive: Receive) -> AsyncIterator[bytes]:
             return
 
 
-async def _disconnected(receive: Receive) -> None:
+async def until_disconnected(receive: Receive) -> None:
+    """Return once the client has closed the connection (read after the request body)."""
     while (await receive())["type"] != "http.disconnect":
         pass
 

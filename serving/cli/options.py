@@ -20,7 +20,6 @@ if TYPE_CHECKING:
 DTYPES = ["auto", "float32", "bfloat16", "float16"]
 
 
-
 EXTRAS = {"serve": ("fastapi", "uvicorn", "prometheus_client", "multipart"), "demo": ("gradio",)}
 """The modules each optional extra of the package brings."""
 

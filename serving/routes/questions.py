@@ -12,6 +12,7 @@ from fastapi import APIRouter, Query, Request, Response
 from assistant.events import AnswerFinished, SessionEvent
 from serving.deps import Owner, Service
 from serving.errors import ServiceError
+from serving.forward import until_disconnected
 from serving.questions import QueuedAnswer
 from serving.routes.common import ERRORS
 from serving.schemas import AnswerView, Instruction, Question
@@ -52,7 +53,7 @@ async def ask(
 async def _answer_unless_gone(request: Request, service: VigilService, queued: QueuedAnswer) -> AnswerFinished:
     """The finished answer; a client that goes away before it cancels the answer (nobody would read it)."""
     answer = asyncio.ensure_future(service.wait_answer(queued.future, queued.hosted))
-    gone = asyncio.ensure_future(_disconnected(request))
+    gone = asyncio.ensure_future(until_disconnected(request.receive))
     try:
         await asyncio.wait({answer, gone}, return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -64,12 +65,6 @@ async def _answer_unless_gone(request: Request, service: VigilService, queued: Q
             await answer
         raise ServiceError(499, "client_closed", "the client went away; the answer was cancelled")
     return answer.result()
-
-
-async def _disconnected(request: Request) -> None:
-    """Return once the client has closed the connection (the body has been read already)."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
 
 
 def _answer_message(answer_id: str, event: SessionEvent) -> bytes:

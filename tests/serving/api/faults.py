@@ -92,7 +92,33 @@ sys.exit(serve(VigilConfig(**json.loads(sys.argv[1]))))
 """
 
 
-class WorkerProcess:
+class Worker:
+    """A worker process started with ``args`` (set by subclasses) and stopped or killed by pid."""
+
+    url: str
+    log: Path
+    args: list[str]
+    proc: subprocess.Popen | None = None
+
+    def start(self) -> Worker:
+        self.proc = start_worker(self.args, self.url, self.log)
+        return self
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(30)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+class WorkerProcess(Worker):
     """One API worker process with the tiny model, a config of our choosing, and the directory in Redis."""
 
     def __init__(self, model: Path, redis_url: str, worker_id: str, log: Path, **server: Any) -> None:
@@ -114,20 +140,4 @@ class WorkerProcess:
         }
         self.log = log
         self.proc: subprocess.Popen | None = None
-
-    def start(self) -> WorkerProcess:
-        self.proc = start_worker([sys.executable, "-c", WORKER, json.dumps(self.config)], self.url, self.log)
-        return self
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(30)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        self.args = [sys.executable, "-c", WORKER, json.dumps(self.config)]

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.support import wait_until
+from tests.support import await_until, wait_until
 
 
 def _big_jpeg(side: int = 4096) -> bytes:
@@ -176,20 +176,20 @@ def test_abandoned_json_answers_are_cancelled_and_the_queue_is_bounded(start_ser
         base = f"/v1/sessions/{sid}/messages"
         body = {"question": "Tell me everything.", "max_new_tokens": 400, "min_new_tokens": 400}
 
-        async def impatient() -> list[str]:
-            async with httpx.AsyncClient(base_url=server.url, timeout=0.3) as ac:
-
-                async def one() -> str:
-                    try:
-                        return str((await ac.post(base, params={"stream": "false"}, json=body)).status_code)
-                    except httpx.TimeoutException:
-                        return "gave up"
-
-                return list(await asyncio.gather(*(one() for _ in range(20))))
-
-        outcomes = asyncio.run(impatient())
-        assert outcomes.count("429") == 16 and outcomes.count("gave up") == 4
         live = server.service.hosted[sid].live
+
+        async def impatient() -> list[int]:
+            """Four questions held open and then abandoned; sixteen more while those four fill the queue."""
+            async with httpx.AsyncClient(base_url=server.url, timeout=60) as ac:
+                held = [asyncio.ensure_future(ac.post(base, params={"stream": "false"}, json=body)) for _ in range(4)]
+                await await_until(lambda: live.jobs.count("question") == 4, 30, what="four questions queued")
+                refused = [(await ac.post(base, params={"stream": "false"}, json=body)).status_code for _ in range(16)]
+                for request in held:  # the clients give up: their connections close
+                    request.cancel()
+                await asyncio.gather(*held, return_exceptions=True)
+                return refused
+
+        assert asyncio.run(impatient()) == [429] * 16
         wait_until(lambda: live.jobs.count("question") == 0, 30, what="abandoned answers cancelled")
         done = [e for e in live.events.since(0) if e.type == "answer_done"]  # those that had started
         assert 1 <= len(done) <= 4 and all(e.finish_reason == "cancelled" for e in done)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
 import time
@@ -14,13 +13,15 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.serving.api.faults import start_worker
+from tests.serving.api.faults import Worker as BaseWorker
 from tests.support import wait_until
 
 pytestmark = pytest.mark.slow
 
 
-class Worker:
+class Worker(BaseWorker):
+    """A worker started through `vigil serve`, as an operator starts one."""
+
     def __init__(self, model: Path, redis_url: str, worker_id: str, port: int, log: Path) -> None:
         self.url = f"http://127.0.0.1:{port}"
         self.worker_id = worker_id
@@ -48,23 +49,6 @@ class Worker:
         ]
         self.log = log
         self.proc: subprocess.Popen | None = None
-
-    def start(self) -> Worker:
-        self.proc = start_worker(self.args, self.url, self.log)
-        return self
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(30)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.kill()
 
 
 @pytest.fixture
