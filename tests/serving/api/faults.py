@@ -140,4 +140,8 @@ class WorkerProcess(Worker):
         }
         self.log = log
         self.proc: subprocess.Popen | None = None
-        self.args = [sys.executable, "-c", WORKER, json.dumps(self.config)]
+
+    @property
+    def args(self) -> list[str]:  # type: ignore[override]
+        """The command line, with the config as it is when the worker starts (tests may change it before)."""
+        return [sys.executable, "-c", WORKER, json.dumps(self.config)]
